@@ -1,0 +1,132 @@
+"""The one registry of normalization layers.
+
+Every norm maps [batch, channels, time] -> [batch, channels, time]. What differs is the set of axes
+its statistics pool over, which decides whether it can carry information along the time axis
+(Pfrommer et al. 2025, Sec. 2): pooling over time (group, instance, layer, batch) opens a side
+channel across the whole sequence; pooling over channels only (channel) or not at all (none) does not.
+
+Configs name a norm (``configs/norm/<key>.yaml``); builders call ``norm_factory(name, **kwargs)``
+and hand the returned constructor to the network, which calls it with a channel count.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import partial
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+NormLayer = Callable[[int], nn.Module]
+
+
+class SequenceNorm:
+    """Marker for the registry's layers, so analysis code can find (and strip) every norm."""
+
+
+class NoNorm(nn.Identity, SequenceNorm):
+    """Identity without parameters. Pools over nothing; keeps module trees equal across norms."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+
+
+class GroupNorm(nn.GroupNorm, SequenceNorm):
+    """Pools over (channels of one group) x time, per sample: the Diffuser's choice (8 groups)."""
+
+    def __init__(self, channels: int, groups: int = 8, eps: float = 1e-5):
+        if groups < 1 or channels % groups:
+            raise ValueError(f"norm.groups={groups} must be a positive divisor of the {channels} channels")
+        super().__init__(groups, channels, eps=eps)
+
+
+class InstanceNorm(nn.GroupNorm, SequenceNorm):
+    """Pools over time, per sample and channel (GroupNorm with one channel per group, affine)."""
+
+    def __init__(self, channels: int, eps: float = 1e-5):
+        super().__init__(channels, channels, eps=eps)
+
+
+class LayerNorm(nn.GroupNorm, SequenceNorm):
+    """The paper's LayerNorm: pools over channels x time per sample (one group), affine per channel."""
+
+    def __init__(self, channels: int, eps: float = 1e-5):
+        super().__init__(1, channels, eps=eps)
+
+
+class BatchNorm(nn.BatchNorm1d, SequenceNorm):
+    """Pools over batch x time, per channel.
+
+    ``inference_stats`` decides what eval mode uses: ``"population"`` (running averages, the usual
+    choice, which pools over the training set and so carries nothing about the current input) or
+    ``"minibatch"`` (the current batch's statistics, as in training; Appendix D of the paper shows this
+    is what lets the network localize).
+    """
+
+    def __init__(self, channels: int, inference_stats: str = "population", momentum: float = 0.1,
+                 eps: float = 1e-5):
+        if inference_stats not in ("population", "minibatch"):
+            raise ValueError(f"norm.inference_stats={inference_stats!r}; choose 'population' or 'minibatch'")
+        super().__init__(channels, eps=eps, momentum=momentum)
+        self.inference_stats = inference_stats
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training or self.inference_stats == "population":
+            return super().forward(x)
+        return F.batch_norm(x, None, None, self.weight, self.bias, training=True, eps=self.eps)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, inference_stats={self.inference_stats}"
+
+
+class ChannelNorm(nn.Module, SequenceNorm):
+    """Pools over channels at each time step separately (LayerNorm on the channel vector), per sample.
+
+    Nothing is averaged along time, so it cannot move information between time steps: the
+    leak-free control that still rescales activations the way the other norms do.
+    """
+
+    def __init__(self, channels: int, eps: float = 1e-5):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(channels))
+        self.bias = nn.Parameter(torch.zeros(channels))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        mean = x.mean(dim=1, keepdim=True)
+        var = x.var(dim=1, keepdim=True, unbiased=False)
+        return (x - mean) * torch.rsqrt(var + self.eps) * self.weight[:, None] + self.bias[:, None]
+
+
+NORM_LAYERS: dict[str, Callable[..., nn.Module]] = {}
+
+
+def register_norm(name: str, builder: Callable[..., nn.Module]) -> None:
+    """Add a norm under ``name``; ``builder(channels, **kwargs)`` must return a [B, C, T] module."""
+    if name in NORM_LAYERS:
+        raise ValueError(f"norm {name!r} is already registered")
+    NORM_LAYERS[name] = builder
+
+
+for _name, _builder in {
+    "none": NoNorm,
+    "group": GroupNorm,
+    "instance": InstanceNorm,
+    "layer": LayerNorm,
+    "batch": BatchNorm,
+    "channel": ChannelNorm,
+}.items():
+    register_norm(_name, _builder)
+
+
+def norm_factory(name: str, **kwargs) -> NormLayer:
+    """Constructor ``channels -> module`` for the registered norm ``name`` with its settings."""
+    if name not in NORM_LAYERS:
+        raise ValueError(f"unknown norm {name!r}; choose one of {sorted(NORM_LAYERS)}")
+    return partial(NORM_LAYERS[name], **kwargs)
+
+
+def is_norm(module: nn.Module) -> bool:
+    """True for every layer built by this registry (the toy PackNorm registers itself too)."""
+    return isinstance(module, SequenceNorm)
