@@ -1,0 +1,98 @@
+"""Figures of the toy experiments (Pfrommer et al. 2025, Figs. 1, 3-6)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import matplotlib.pyplot as plt
+import numpy as np
+
+
+def _edges(ax: plt.Axes, length: int, radius: int) -> None:
+    for x in (radius - 0.5, length - radius - 0.5):
+        ax.axvline(x, color="grey", linestyle="--", linewidth=1)
+
+
+def _save(fig: plt.Figure, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def localization_predictions(trials: dict[str, dict[str, Any]], radius: int, path: Path) -> Path:
+    """Fig. 1a: mean +- std of the prediction per index, receptive-field bounds dashed."""
+    fig, ax = plt.subplots(figsize=(7, 4))
+    length = len(next(iter(trials.values()))["pred_mean"])
+    index = np.arange(length)
+    ax.plot(index, np.linspace(-1, 1, length), color="black", linewidth=1, label="target")
+    for label, t in trials.items():
+        mean, std = np.asarray(t["pred_mean"]), np.asarray(t["pred_std"])
+        ax.plot(index, mean, label=label)
+        ax.fill_between(index, mean - std, mean + std, alpha=0.25)
+    _edges(ax, length, radius)
+    ax.set_xlabel("sequence index")
+    ax.set_ylabel("prediction (mean ± std over noise inputs)")
+    ax.set_title(f"Localization of pure noise (dashed: receptive field r = {radius} from each edge)")
+    ax.legend()
+    return _save(fig, path)
+
+
+def probe_heatmaps(masks: dict[str, np.ndarray], radius: int, path: Path) -> Path:
+    """Fig. 1b: layer x index, dark where a probe on that layer localizes the index; one panel per norm."""
+    fig, axes = plt.subplots(1, len(masks), figsize=(5 * len(masks), 3.5), squeeze=False)
+    for ax, (label, mask) in zip(axes[0], masks.items()):
+        mask = np.asarray(mask, dtype=float)
+        ax.imshow(mask, aspect="auto", cmap="Greys", vmin=0, vmax=1, interpolation="nearest",
+                  extent=(-0.5, mask.shape[1] - 0.5, mask.shape[0] + 0.5, 0.5))
+        _edges(ax, mask.shape[1], radius)
+        ax.set_xlabel("sequence index")
+        ax.set_ylabel("hidden layer")
+        ax.set_title(f"{label}: probe-localized (black)")
+    return _save(fig, path)
+
+
+def localized_masks(masks: dict[str, np.ndarray], radius: int, path: Path) -> Path:
+    """One row per setting: which indices the network's own output localizes."""
+    labels = list(masks)
+    grid = np.stack([np.asarray(masks[k], dtype=float) for k in labels])
+    fig, ax = plt.subplots(figsize=(8, 0.6 * len(labels) + 1.5))
+    ax.imshow(grid, aspect="auto", cmap="Greys", vmin=0, vmax=1, interpolation="nearest")
+    _edges(ax, grid.shape[1], radius)
+    ax.set_yticks(range(len(labels)), labels)
+    ax.set_xlabel("sequence index")
+    ax.set_title("Indices localized by the output (black)")
+    return _save(fig, path)
+
+
+def distance_vs_groups(by_groups: dict[int, dict[str, Any]], length: int, path: Path) -> Path:
+    """Fig. 4: localization distance (each seed, and the mean) versus the number of groups."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    groups = sorted(by_groups)
+    for g in groups:
+        ax.scatter([g] * len(by_groups[g]["distance"]), by_groups[g]["distance"], color="C0", alpha=0.5)
+    ax.plot(groups, [np.mean(by_groups[g]["distance"]) for g in groups], color="C0", marker="o", label="mean over seeds")
+    ax.axhline(length / 2, color="grey", linestyle="--", label="full localization (T/2)")
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(groups, [str(g) for g in groups])
+    ax.set_xlabel("GroupNorm groups")
+    ax.set_ylabel("localization distance (indices)")
+    ax.set_title("GroupNorm: localization versus number of groups (best lr)")
+    ax.legend()
+    return _save(fig, path)
+
+
+def mse_vs_overlap(by_overlap: dict[int, list[float]], constant_loss: float, length: int, path: Path) -> Path:
+    """Fig. 3: final test MSE versus overlap, with the constant-prediction loss for reference."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    overlaps = sorted(by_overlap)
+    for o in overlaps:
+        ax.scatter([o] * len(by_overlap[o]), by_overlap[o], color="C0", alpha=0.5)
+    ax.plot(overlaps, [np.mean(by_overlap[o]) for o in overlaps], color="C0", marker="o", label="mean over seeds")
+    ax.axhline(constant_loss, color="grey", linestyle="--", label="constant prediction")
+    ax.set_xlabel(f"overlap (entries, of sequence length {length})")
+    ax.set_ylabel("test MSE")
+    ax.set_title("PackNorm: two streams coupled only by normalization")
+    ax.legend()
+    return _save(fig, path)

@@ -1,0 +1,37 @@
+"""Definition 2.3 of Pfrommer et al. (2025): when does a network localize an index?"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy.stats import ttest_ind
+
+
+def localized_indices(preds: np.ndarray, alpha: float = 0.05) -> np.ndarray:
+    """bool[T]: index i is localized when its prediction distribution differs from both neighbours'.
+
+    ``preds`` are N sampled predictions per index, shape [N, T], for an increasing target. "Differs"
+    is Welch's t-test (unequal variances) at p < alpha with the mean moving in the target's direction;
+    the two end indices have one neighbour. Indices whose predictions are constant (NaN p-value) are
+    not localized.
+    """
+    preds = np.asarray(preds, dtype=np.float64)
+    if preds.ndim != 2 or preds.shape[0] < 2:
+        raise ValueError(f"preds must be [N >= 2, T], got shape {preds.shape}")
+    with np.errstate(invalid="ignore", divide="ignore"):
+        test = ttest_ind(preds[:, 1:], preds[:, :-1], axis=0, equal_var=False)
+    rises = (test.pvalue < alpha) & (preds[:, 1:].mean(0) > preds[:, :-1].mean(0))
+    # rises[k] compares index k+1 with index k: the right neighbour of k, the left neighbour of k+1.
+    return np.concatenate([[True], rises]) & np.concatenate([rises, [True]])
+
+
+def localization_distance(mask: np.ndarray) -> int:
+    """Largest d such that the first d and the last d indices are all localized (capped at ceil(T/2),
+    which means full localization)."""
+    mask = np.asarray(mask, dtype=bool)
+    length = len(mask)
+
+    def run(m: np.ndarray) -> int:
+        misses = np.flatnonzero(~m)
+        return int(misses[0]) if len(misses) else length
+
+    return min(run(mask), run(mask[::-1]), (length + 1) // 2)

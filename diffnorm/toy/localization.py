@@ -1,0 +1,110 @@
+"""The toy localization task of Pfrommer et al. (2025), Sec. 2.
+
+Inputs are pure noise x ~ N(0, I_T); the target is the fixed ramp linspace(-1, 1, T). A CNN without
+normalization sees only noise in the interior and, being translation equivariant there, predicts the
+same distribution at every interior index: it can localize only indices within its receptive field of
+the zero-padded edges. A norm that pools over time lets it localize everything.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from diffnorm.experiments.common import require
+from diffnorm.models.norms import NormLayer, norm_factory
+
+
+class ConvNormAct(nn.Module):
+    """Conv1d -> norm -> activation, the unit between the Eq. 1 convolutions (named for probing)."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, norm_layer: NormLayer,
+                 padding: int):
+        super().__init__()
+        self.conv = nn.Conv1d(in_channels, out_channels, kernel_size, padding=padding)
+        self.norm = norm_layer(out_channels)
+        self.act = nn.ReLU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.norm(self.conv(x)))
+
+
+def check_cnn_settings(depth: int, kernel_size: int, hidden: int) -> None:
+    require(depth >= 1, f"depth={depth} must be positive")
+    require(hidden >= 1, f"hidden={hidden} must be positive")
+    require(kernel_size >= 1 and kernel_size % 2 == 1, f"kernel_size={kernel_size} must be odd and positive")
+
+
+class LocalizationCNN(nn.Module):
+    """Eq. 1: ``depth`` convolutions (odd kernel, zero padding, bias), norm then ReLU between them.
+
+    x [batch, 1, T] -> [batch, 1, T]. Receptive field r = depth * (kernel_size - 1) / 2 per side.
+    """
+
+    sequence_axis = 2
+
+    def __init__(self, depth: int, kernel_size: int, hidden: int, norm_layer: NormLayer | None = None):
+        super().__init__()
+        check_cnn_settings(depth, kernel_size, hidden)
+        norm_layer = norm_layer or norm_factory("none")
+        pad = (kernel_size - 1) // 2
+        widths = [1] + [hidden] * (depth - 1)
+        self.blocks = nn.ModuleList(
+            ConvNormAct(c_in, c_out, kernel_size, norm_layer, pad) for c_in, c_out in zip(widths, widths[1:])
+        )
+        self.head = nn.Conv1d(widths[-1], 1, kernel_size, padding=pad)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for block in self.blocks:
+            x = block(x)
+        return self.head(x)
+
+    def probe_sites(self) -> list[str]:
+        """The hidden activations h_1 .. h_{L-1}, after norm and ReLU."""
+        return [f"blocks.{i}" for i in range(len(self.blocks))]
+
+    def receptive_field_inputs(self, length: int) -> tuple[torch.Tensor]:
+        return (torch.zeros(1, 1, length),)
+
+
+def ramp_target(length: int) -> torch.Tensor:
+    """The increasing target sequence, linspace(-1, 1, T)."""
+    return torch.linspace(-1.0, 1.0, length)
+
+
+def train_localization(model: nn.Module, length: int, steps: int, lr: float, batch_size: int,
+                       accumulation: int = 1, seed: int = 0, progress: bool = False) -> list[float]:
+    """Adam on MSE to the ramp; ``accumulation`` minibatches of ``batch_size`` per update, so a
+    BatchNorm sees small batches while the gradient averages over a large effective batch.
+    Returns the loss of each update."""
+    gen = torch.Generator().manual_seed(seed)
+    target = ramp_target(length)
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    model.train()
+    losses = []
+    for _ in tqdm(range(steps), desc="train", disable=not progress, leave=False):
+        opt.zero_grad(set_to_none=True)
+        total = 0.0
+        for _ in range(accumulation):
+            x = torch.randn(batch_size, 1, length, generator=gen)
+            loss = ((model(x)[:, 0] - target) ** 2).mean() / accumulation
+            loss.backward()
+            total += loss.item()
+        opt.step()
+        losses.append(total)
+    return losses
+
+
+@torch.no_grad()
+def sample_inputs(n: int, length: int, seed: int) -> torch.Tensor:
+    return torch.randn(n, 1, length, generator=torch.Generator().manual_seed(seed))
+
+
+@torch.no_grad()
+def predict(model: nn.Module, inputs: torch.Tensor, batch_size: int) -> np.ndarray:
+    """Eval-mode predictions [N, T], in minibatches of ``batch_size`` (which matters for BatchNorm with
+    minibatch statistics)."""
+    model.eval()
+    return torch.cat([model(chunk)[:, 0] for chunk in inputs.split(batch_size)]).numpy()

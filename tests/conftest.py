@@ -1,0 +1,32 @@
+"""Shared test helpers: run a script as a user would, compose configs with overrides."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_script(script: str, *overrides: str, run_dir: Path | None = None, timeout: int = 600
+               ) -> subprocess.CompletedProcess:
+    """Run ``scripts/<script>.py`` with Hydra overrides in a subprocess; the run dir goes to ``run_dir``."""
+    args = [sys.executable, str(ROOT / "scripts" / f"{script}.py"), *overrides]
+    if run_dir is not None:
+        args.append(f"hydra.run.dir={run_dir}")
+    env = dict(os.environ, MPLBACKEND="Agg", HYDRA_FULL_ERROR="0")
+    return subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def load_results(run_dir: Path) -> dict:
+    return json.loads((run_dir / "results.json").read_text())
+
+
+@pytest.fixture
+def script():
+    return run_script
