@@ -1,0 +1,185 @@
+"""Checkpoints of a Diffuser training run, all in the run directory and all written atomically.
+
+    config.yaml              resolved config: enough to rebuild the network (``build_diffusion``)
+    scaler.json              the data scaler, to map plans back to maze coordinates
+    checkpoint.safetensors   full training state for ``train.resume``: weights, EMA, Adam, RNG, step
+    ema.safetensors          EMA weights only (what planning uses; 14 MiB at the published width)
+
+Every file is written to ``<name>.tmp`` and renamed, so a run killed at any moment leaves either the
+previous or the new version, never a torn one. ``load_checkpoint`` is the public entry point for
+planning and probing: it rebuilds the network from config.yaml and refuses weights that do not fit it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from safetensors import safe_open
+from safetensors.torch import save as safetensors_bytes
+from torch import nn
+
+from diffnorm.diffusion.gaussian import GaussianDiffusion
+from diffnorm.experiments.common import ConfigError, require
+from diffnorm.training.build import architecture, build_diffusion
+
+CONFIG = "config.yaml"
+SCALER = "scaler.json"
+CHECKPOINT = "checkpoint.safetensors"
+EMA_WEIGHTS = "ema.safetensors"
+FORMAT = "diffnorm-diffuser-1"
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` via a temporary file in the same directory and a rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _tensors(prefix: str, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    # safetensors refuses views of shared storage; a contiguous CPU copy of each entry is always accepted.
+    return {f"{prefix}{k}": v.detach().to("cpu").contiguous().clone() for k, v in state.items()}
+
+
+def _strip(prefix: str, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+
+
+def _read(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return {k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata() or {})
+    except Exception as err:  # safetensors raises its own error types for truncated or foreign files
+        raise ConfigError(f"cannot read checkpoint {path}: {err}") from err
+
+
+def write_run_files(run_dir: Path, cfg: DictConfig, scaler: Any) -> None:
+    """config.yaml (resolved) and scaler.json: written once per run, before the first checkpoint."""
+    atomic_write(run_dir / CONFIG, OmegaConf.to_yaml(cfg, resolve=True).encode())
+    atomic_write(run_dir / SCALER, (json.dumps(scaler.state_dict(), indent=2) + "\n").encode())
+
+
+def save_training_state(run_dir: Path, cfg: DictConfig, model: nn.Module, ema_model: nn.Module,
+                        optimizer: torch.optim.Optimizer, step: int) -> Path:
+    """Write checkpoint.safetensors (everything resume needs) and ema.safetensors; return the former."""
+    arch = json.dumps(architecture(cfg), sort_keys=True)
+    optim_state = optimizer.state_dict()
+    tensors = {**_tensors("model.", model.state_dict()), **_tensors("ema.", ema_model.state_dict())}
+    scalars: dict[str, dict[str, Any]] = {}
+    for idx, entries in optim_state["state"].items():
+        for key, value in entries.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"optim.{idx}.{key}"] = value.detach().to("cpu").contiguous().clone()
+            else:
+                scalars.setdefault(str(idx), {})[key] = value
+    tensors["rng.torch"] = torch.get_rng_state()
+    if torch.cuda.is_available():
+        for i, state in enumerate(torch.cuda.get_rng_state_all()):
+            tensors[f"rng.cuda.{i}"] = state
+    meta = {"format": FORMAT, "step": str(step), "architecture": arch,
+            "optim_param_groups": json.dumps(optim_state["param_groups"]), "optim_scalars": json.dumps(scalars)}
+    path = run_dir / CHECKPOINT
+    atomic_write(path, safetensors_bytes(tensors, metadata=meta))
+    ema_meta = {"format": FORMAT, "step": str(step), "architecture": arch}
+    atomic_write(run_dir / EMA_WEIGHTS, safetensors_bytes(_tensors("", ema_model.state_dict()), metadata=ema_meta))
+    return path
+
+
+def _check_architecture(path: Path, meta: dict[str, str], cfg: DictConfig) -> None:
+    require(meta.get("format") == FORMAT, f"{path} is not a diffnorm Diffuser checkpoint "
+            f"(format {meta.get('format')!r}, expected {FORMAT!r})")
+    saved = json.loads(meta.get("architecture", "{}"))
+    expected = architecture(cfg)
+    diff = {k: (saved.get(k), expected[k]) for k in expected if saved.get(k) != expected[k]}
+    require(not diff, f"checkpoint {path} does not match the config: "
+            + "; ".join(f"{k}: checkpoint {a} vs config {b}" for k, (a, b) in diff.items()))
+
+
+def _load_weights(module: nn.Module, state: dict[str, torch.Tensor], path: Path) -> None:
+    try:
+        module.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        first = str(err).strip().splitlines()
+        raise ConfigError(f"checkpoint {path} does not fit the network built from its config: "
+                          f"{' '.join(line.strip() for line in first[:3])}") from err
+
+
+def load_training_state(run_dir: Path, cfg: DictConfig, model: nn.Module, ema_model: nn.Module,
+                        optimizer: torch.optim.Optimizer) -> int:
+    """Restore weights, EMA, Adam state and the torch RNG from checkpoint.safetensors; return the step."""
+    path = run_dir / CHECKPOINT
+    require(path.is_file(), f"train.resume=true but {path} does not exist")
+    tensors, meta = _read(path)
+    _check_architecture(path, meta, cfg)
+    _load_weights(model, _strip("model.", tensors), path)
+    _load_weights(ema_model, _strip("ema.", tensors), path)
+    state: dict[int, dict[str, Any]] = {}
+    for key, value in tensors.items():
+        if key.startswith("optim."):
+            _, idx, name = key.split(".", 2)
+            state.setdefault(int(idx), {})[name] = value
+    for idx, entries in json.loads(meta["optim_scalars"]).items():
+        state.setdefault(int(idx), {}).update(entries)
+    optimizer.load_state_dict({"state": state, "param_groups": json.loads(meta["optim_param_groups"])})
+    torch.set_rng_state(tensors["rng.torch"])
+    cuda_states = [tensors[k] for k in sorted(tensors) if k.startswith("rng.cuda.")]
+    if cuda_states and torch.cuda.is_available() and len(cuda_states) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(cuda_states)
+    return int(meta["step"])
+
+
+@dataclass
+class LoadedDiffuser:
+    """A trained Diffuser ready to plan: ``diffusion.sample(conditions)`` gives scaled plans, which
+    ``scaler`` maps back to maze coordinates; ``cfg`` is the run's resolved config."""
+
+    diffusion: GaussianDiffusion
+    scaler: Any
+    cfg: DictConfig
+    step: int
+    path: Path
+
+
+def load_scaler(state: dict) -> Any:
+    """The data scaler from its ``state_dict()``."""
+    from diffnorm.data.scaling import TrajectoryScaler
+
+    return TrajectoryScaler.from_state_dict(state)
+
+
+def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> LoadedDiffuser:
+    """Load the EMA network of a run for planning: ``path`` is a run directory or one of its
+    ``.safetensors`` files (config.yaml and scaler.json are read from the same directory).
+
+    Raises ConfigError for a missing path or files, and for weights whose architecture or norm differs
+    from the config next to them.
+    """
+    path = Path(path)
+    require(path.exists(), f"checkpoint {path} does not exist")
+    if path.is_dir():
+        candidates = [path / EMA_WEIGHTS, path / CHECKPOINT]
+        found = [p for p in candidates if p.is_file()]
+        require(bool(found), f"no {EMA_WEIGHTS} or {CHECKPOINT} in {path}")
+        path = found[0]
+    run = path.parent
+    for name in (CONFIG, SCALER):
+        require((run / name).is_file(), f"{run / name} is missing; a checkpoint needs its run's {name}")
+    cfg = OmegaConf.load(run / CONFIG)
+    tensors, meta = _read(path)
+    _check_architecture(path, meta, cfg)
+    diffusion = build_diffusion(cfg)
+    weights = _strip("ema.", tensors) if any(k.startswith("ema.") for k in tensors) else tensors
+    _load_weights(diffusion.model, weights, path)
+    scaler = load_scaler(json.loads((run / SCALER).read_text()))
+    return LoadedDiffuser(diffusion=diffusion.to(device).eval(), scaler=scaler, cfg=cfg,
+                          step=int(meta.get("step", -1)), path=path)

@@ -1,0 +1,213 @@
+"""Training loop, EMA, checkpoints and resume on a tiny in-memory dataset; the script end to end."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from diffnorm.data.scaling import TrajectoryScaler
+from diffnorm.experiments.common import ConfigError
+from diffnorm.training.build import build_diffusion
+from diffnorm.training.checkpoint import (CHECKPOINT, CONFIG, EMA_WEIGHTS, SCALER, load_checkpoint,
+                                          load_training_state, save_training_state, write_run_files)
+from diffnorm.training.ema import EMA
+from diffnorm.training.loop import METRICS, EpochOrder, step_generator, train_diffusion
+
+H = 16
+
+
+@pytest.fixture(autouse=True, scope="module")
+def single_thread():
+    """Small convolutions on a shared 2-core box: two OpenMP threads waiting on busy cores run ~100x slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def tiny_cfg(**train):
+    cfg = OmegaConf.create({
+        "env": {"name": "maze2d-umaze", "horizon": H, "n_diffusion_steps": 8},
+        "norm": {"name": "group", "groups": 4},
+        "model": {"name": "temporal_unet", "dim": 8, "dim_mults": [1, 2, 2], "kernel_size": 5},
+        "diffusion": {"observation_dim": 4, "action_dim": 2, "clip_denoised": True, "sampler": "ddpm",
+                      "num_steps": None},
+        "train": {"steps": 6, "batch_size": 4, "grad_accumulation": 2, "lr": 1e-3, "ema_decay": 0.9,
+                  "ema_every": 2, "ema_start": 2, "checkpoint_every": 3, "sample_every": 0, "n_samples": 2,
+                  "log_every": 2, "resume": False, "bf16": False, "compile": False, "num_threads": None,
+                  "progress": False},
+        "seed": 0,
+    })
+    cfg.train.update(train)
+    return cfg
+
+
+def tiny_dataset(n=10, seed=0):
+    """Items shaped like SequenceDataset's: a scaled [H, 6] window and its start/end states."""
+    rng = np.random.default_rng(seed)
+    items = []
+    for _ in range(n):
+        traj = rng.uniform(-1, 1, (H, 6)).astype(np.float32)
+        items.append({"trajectory": traj, "conditions": {0: traj[0, 2:], H - 1: traj[H - 1, 2:]}})
+    return items
+
+
+def tiny_scaler():
+    rng = np.random.default_rng(0)
+    return TrajectoryScaler.fit({"actions": rng.normal(size=(50, 2)), "observations": rng.normal(size=(50, 4))})
+
+
+def run(cfg, out, dataset=None):
+    torch.manual_seed(cfg.seed)
+    diffusion = build_diffusion(cfg)
+    if not cfg.train.resume:
+        write_run_files(out, cfg, tiny_scaler())
+    summary, ema = train_diffusion(diffusion, dataset or tiny_dataset(), cfg.train, cfg.seed, out,
+                                   torch.device("cpu"), cfg)
+    return diffusion, ema, summary
+
+
+def state_equal(a, b):
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_epoch_order_is_a_permutation_per_epoch_and_a_function_of_position():
+    order = EpochOrder(7, seed=3)
+    first = order.indices(0, 7)
+    assert sorted(first) == list(range(7))
+    assert sorted(order.indices(7, 7)) == list(range(7)) and order.indices(7, 7) != first
+    assert EpochOrder(7, seed=3).indices(5, 6) == order.indices(0, 14)[5:11]
+    assert EpochOrder(7, seed=4).indices(0, 7) != first
+
+
+def test_step_generators_depend_on_seed_and_step_only():
+    draw = lambda s, k: torch.randn(3, generator=step_generator(s, k))  # noqa: E731
+    assert torch.equal(draw(0, 5), draw(0, 5))
+    assert not torch.equal(draw(0, 5), draw(0, 6)) and not torch.equal(draw(0, 5), draw(1, 5))
+
+
+def test_ema_copies_before_start_then_averages_every_n_steps():
+    model = torch.nn.Linear(2, 1, bias=False)
+    ema = EMA(model, decay=0.5, every=2, start=4)
+    for step, value in enumerate([1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0]):
+        model.weight.data.fill_(value)
+        ema.update(model, step)
+    # steps 0, 2: copy (1, 3); step 4: 0.5*3 + 0.5*5 = 4; step 6: 0.5*4 + 0.5*7 = 5.5
+    assert ema.average.weight.flatten().tolist() == [5.5, 5.5]
+    assert not ema.average.training and not ema.average.weight.requires_grad
+
+
+def test_checkpoint_round_trip_restores_everything(tmp_path):
+    cfg = tiny_cfg(steps=2)
+    diffusion, ema, _ = run(cfg, tmp_path)
+    assert {p.name for p in tmp_path.iterdir()} >= {CHECKPOINT, EMA_WEIGHTS, CONFIG, SCALER, METRICS}
+    assert not list(tmp_path.glob("*.tmp")), "atomic writes leave no temporaries"
+    fresh, fresh_ema = build_diffusion(cfg), build_diffusion(cfg)
+    optimizer = torch.optim.Adam(fresh.parameters(), lr=1.0)
+    step = load_training_state(tmp_path, cfg, fresh.model, fresh_ema.model, optimizer)
+    assert step == 2
+    assert state_equal(fresh, diffusion) and state_equal(fresh_ema, ema)
+    assert optimizer.param_groups[0]["lr"] == cfg.train.lr
+    assert all(torch.equal(s["exp_avg"], s["exp_avg"]) for s in optimizer.state.values())
+    assert len(optimizer.state) == len(list(fresh.parameters()))
+
+
+def test_resume_gives_the_uninterrupted_weights(tmp_path):
+    straight, straight_ema, summary = run(tiny_cfg(steps=6), tmp_path / "a")
+    run(tiny_cfg(steps=3), tmp_path / "b")  # stops with a checkpoint at step 3 ...
+    resumed, resumed_ema, resumed_summary = run(tiny_cfg(steps=6, resume=True), tmp_path / "b")  # ... goes on
+    assert resumed_summary["resumed_from"] == 3 and resumed_summary["steps"] == 6
+    assert state_equal(resumed, straight) and state_equal(resumed_ema, straight_ema)
+    assert [s for s, _ in resumed_summary["loss_curve"]] == [2, 3, 4, 6]
+    assert dict(summary["loss_curve"])[6] == dict(resumed_summary["loss_curve"])[6]  # same window, same loss
+
+
+def test_training_lowers_the_loss(tmp_path):
+    """A single repeated window is learnt quickly: the loss must fall well below its starting value."""
+    one = tiny_dataset(n=1)
+    _, _, summary = run(tiny_cfg(steps=60, log_every=10, checkpoint_every=60), tmp_path, dataset=one)
+    curve = [loss for _, loss in summary["loss_curve"]]
+    assert curve[-1] < 0.5 * curve[0]
+
+
+def test_load_checkpoint_returns_the_ema_network_ready_to_plan(tmp_path):
+    cfg = tiny_cfg(steps=4)
+    _, ema, _ = run(cfg, tmp_path)
+    for target in (tmp_path, tmp_path / EMA_WEIGHTS, tmp_path / CHECKPOINT):
+        loaded = load_checkpoint(target)
+        assert loaded.step == 4 and not loaded.diffusion.training
+        assert state_equal(loaded.diffusion.model, ema.model)
+        assert isinstance(loaded.scaler, TrajectoryScaler)
+        assert loaded.cfg.norm.name == "group"
+    plans = loaded.diffusion.sample({0: torch.zeros(2, 4), H - 1: torch.ones(2, 4)},
+                                    generator=torch.Generator().manual_seed(0))
+    assert plans.shape == (2, H, 6)
+
+
+def test_load_checkpoint_rejects_missing_paths(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_checkpoint(tmp_path / "nowhere")
+    with pytest.raises(ConfigError, match="no ema.safetensors or checkpoint.safetensors"):
+        load_checkpoint(tmp_path)
+
+
+@pytest.mark.parametrize("edit,named", [
+    (lambda c: c.norm.update({"name": "none", "groups": None}), "norm"),
+    (lambda c: c.model.update({"dim": 16}), "model"),
+])
+def test_load_checkpoint_rejects_another_architecture_or_norm(tmp_path, edit, named):
+    cfg = tiny_cfg(steps=1)
+    run(cfg, tmp_path)
+    other = cfg.copy()
+    edit(other)
+    (tmp_path / CONFIG).write_text(OmegaConf.to_yaml(other))
+    with pytest.raises(ConfigError, match=f"does not match the config: {named}"):
+        load_checkpoint(tmp_path)
+
+
+def test_load_checkpoint_rejects_weights_that_do_not_fit(tmp_path):
+    """Even with matching metadata, tensors of another shape are refused by the strict load."""
+    cfg = tiny_cfg(steps=1)
+    run(cfg, tmp_path / "a")
+    wide = tiny_cfg(steps=1)
+    wide.model.dim = 16
+    run(wide, tmp_path / "b")
+    (tmp_path / "b" / CONFIG).write_bytes((tmp_path / "a" / CONFIG).read_bytes())
+    (tmp_path / "b" / EMA_WEIGHTS).unlink()
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+    with safe_open(str(tmp_path / "b" / CHECKPOINT), framework="pt") as f:
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    with safe_open(str(tmp_path / "a" / CHECKPOINT), framework="pt") as f:
+        meta = f.metadata()
+    save_file(tensors, str(tmp_path / "b" / CHECKPOINT), metadata=meta)
+    with pytest.raises(ConfigError, match="does not fit the network"):
+        load_checkpoint(tmp_path / "b")
+
+
+def test_resume_refuses_a_checkpoint_of_another_norm(tmp_path):
+    run(tiny_cfg(steps=2), tmp_path)
+    other = tiny_cfg(steps=4, resume=True)
+    other.norm = {"name": "none"}
+    with pytest.raises(ConfigError, match="norm"):
+        run(other, tmp_path)
+
+
+def test_bad_train_settings(tmp_path):
+    with pytest.raises(ConfigError, match="train.batch_size=0"):
+        run(tiny_cfg(batch_size=0), tmp_path)
+    with pytest.raises(ConfigError, match="train.resume=true but"):
+        run(tiny_cfg(resume=True), tmp_path / "empty")
+
+
+def test_metrics_csv_has_one_row_per_log_interval(tmp_path):
+    run(tiny_cfg(steps=6, log_every=2), tmp_path)
+    rows = (tmp_path / METRICS).read_text().strip().splitlines()
+    assert rows[0] == "step,loss,lr,elapsed_s,steps_per_s"
+    assert [int(r.split(",")[0]) for r in rows[1:]] == [2, 4, 6]
+    assert json.loads((tmp_path / SCALER).read_text()).keys() == {"actions", "observations"}
