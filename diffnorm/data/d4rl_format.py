@@ -1,0 +1,203 @@
+"""The D4RL maze2d HDF5 layout: read, validate, write; and a reader for local Minari datasets.
+
+One layout for real D4RL files (``maze2d-*-sparse-v1.hdf5``), the files diffnorm generates, and Minari
+datasets converted on load, so everything downstream sees the same arrays:
+
+    observations [N, 4]  actions [N, 2]  rewards [N]  terminals [N]  timeouts [N]
+    infos/goal [N, 2]    infos/qpos [N, 2]  infos/qvel [N, 2]
+
+Bad input raises ``ConfigError`` (or ``FileNotFoundError``) with a one-line message naming the key,
+shape or index at fault; nothing is repaired silently. Writes go to a temporary file that is renamed
+into place only when complete.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+from diffnorm.experiments.common import ConfigError
+
+# key -> per-step shape
+D4RL_LAYOUT: dict[str, tuple[int, ...]] = {
+    "observations": (4,),
+    "actions": (2,),
+    "rewards": (),
+    "terminals": (),
+    "timeouts": (),
+    "infos/goal": (2,),
+    "infos/qpos": (2,),
+    "infos/qvel": (2,),
+}
+_FLAGS = ("terminals", "timeouts")
+
+
+def _one_line(err: BaseException) -> str:
+    return " ".join(str(err).split())
+
+
+def _shape_str(per_step: tuple[int, ...]) -> str:
+    return "[" + ", ".join(["N", *map(str, per_step)]) + "]"
+
+
+def validate_d4rl(data: dict[str, np.ndarray], source: str = "data") -> None:
+    """Raise ConfigError naming the first missing key, wrong shape, length mismatch or non-finite value."""
+    missing = [k for k in D4RL_LAYOUT if k not in data]
+    if missing:
+        raise ConfigError(f"{source}: missing key {missing[0]!r} (D4RL maze2d needs {list(D4RL_LAYOUT)})")
+    n = len(data["observations"])
+    if n == 0:
+        raise ConfigError(f"{source}: 'observations' is empty")
+    for key, per_step in D4RL_LAYOUT.items():
+        arr = np.asarray(data[key])
+        if arr.ndim != 1 + len(per_step) or arr.shape[1:] != per_step:
+            detail = (f"observation dimension {arr.shape[-1]}, expected 4 (x, y, vx, vy)"
+                      if key == "observations" and arr.ndim == 2 else f"expected {_shape_str(per_step)}")
+            raise ConfigError(f"{source}: {key!r} has shape {arr.shape}; {detail}")
+        if len(arr) != n:
+            raise ConfigError(f"{source}: {key!r} has {len(arr)} steps but 'observations' has {n}")
+        if key not in _FLAGS:
+            if not np.issubdtype(arr.dtype, np.number) or np.issubdtype(arr.dtype, np.complexfloating):
+                raise ConfigError(f"{source}: {key!r} has dtype {arr.dtype}, expected real numbers")
+            finite = np.isfinite(arr)
+            if not finite.all():
+                index = np.unravel_index(int(np.argmin(finite)), arr.shape)
+                raise ConfigError(f"{source}: {key!r} has a non-finite value ({arr[index]}) at index "
+                                  f"{tuple(int(i) for i in index) if len(index) > 1 else int(index[0])}")
+
+
+def _as_layout(data: dict[str, Any]) -> dict[str, np.ndarray]:
+    """The D4RL keys only, floats as float32 and flags as bool (the dtypes of D4RL's files)."""
+    return {k: np.asarray(data[k], dtype=bool if k in _FLAGS else np.float32) for k in D4RL_LAYOUT}
+
+
+def load_d4rl_hdf5(path: str | Path) -> dict[str, np.ndarray]:
+    """Read a D4RL-layout maze2d file (real D4RL or generated here) into validated arrays.
+
+    Extra keys (D4RL's ``metadata/*``) are ignored."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"D4RL dataset file not found: {path}")
+    try:
+        handle = h5py.File(path, "r")
+    except OSError as err:
+        raise ConfigError(f"{path}: not a readable HDF5 file (truncated or corrupt?): {_one_line(err)}") from None
+    data: dict[str, np.ndarray] = {}
+    with handle:
+        for key in D4RL_LAYOUT:
+            if key not in handle:
+                raise ConfigError(f"{path}: missing key {key!r} (D4RL maze2d needs {list(D4RL_LAYOUT)})")
+            try:
+                data[key] = handle[key][()]
+            except (OSError, RuntimeError, ValueError, KeyError) as err:
+                raise ConfigError(f"{path}: cannot read {key!r} (truncated or corrupt file?): "
+                                  f"{_one_line(err)}") from None
+    validate_d4rl(data, source=str(path))
+    return _as_layout(data)
+
+
+def read_attrs(path: str | Path) -> dict[str, Any]:
+    """The root attributes of an HDF5 file (our generator's metadata), as plain Python values."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"D4RL dataset file not found: {path}")
+    try:
+        with h5py.File(path, "r") as handle:
+            return {k: (v.item() if isinstance(v, np.generic) else v) for k, v in handle.attrs.items()}
+    except OSError as err:
+        raise ConfigError(f"{path}: not a readable HDF5 file (truncated or corrupt?): {_one_line(err)}") from None
+
+
+def write_d4rl_hdf5(path: str | Path, data: dict[str, np.ndarray], attrs: dict[str, Any] | None = None) -> Path:
+    """Validate, then write the D4RL layout (gzip, like D4RL's files) atomically; return the path.
+
+    ``attrs`` become root attributes (str, int, float or bool values)."""
+    path = Path(path)
+    validate_d4rl(data, source=f"write {path}")
+    arrays = _as_layout(data)
+    for key, value in (attrs or {}).items():
+        if not isinstance(value, (str, int, float, bool, np.generic)):
+            raise ConfigError(f"write {path}: attribute {key!r}={value!r} must be a str, int, float or bool")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        with h5py.File(tmp, "w") as handle:
+            for key, arr in arrays.items():
+                handle.create_dataset(key, data=arr, compression="gzip", compression_opts=4,
+                                      chunks=True if arr.size else None)
+            for key, value in (attrs or {}).items():
+                handle.attrs[key] = value
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
+def load_minari(dataset_id: str, maze_frame: str | None = None) -> dict[str, np.ndarray]:
+    """Read a LOCAL Minari dataset (``MINARI_DATASETS_PATH``; never downloads) into the D4RL layout.
+
+    Minari stores each episode's final observation too; it is dropped, so step t holds the observation
+    the action of step t was taken from, as in D4RL. ``terminals``/``timeouts`` are the episodes'
+    terminations/truncations. Dict observations (gymnasium-robotics PointMaze) give ``observation`` and
+    ``desired_goal``; flat ones (``make_env``) need ``goal`` in the recorded infos. ``qpos``/``qvel``
+    come from the infos when recorded, else from the observation (for the point mass they are the same
+    numbers). Data recorded in gymnasium-robotics' centred frame (e.g. Minari's D4RL/pointmaze) is
+    converted to D4RL coordinates when ``maze_frame`` names its maze.
+    """
+    try:
+        import minari
+    except ImportError:
+        raise ConfigError("load_minari needs the optional 'minari' package: pip install 'diffnorm[minari]'") from None
+    try:
+        dataset = minari.load_dataset(dataset_id, download=False)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"Minari dataset {dataset_id!r} not found locally (MINARI_DATASETS_PATH="
+                                f"{os.environ.get('MINARI_DATASETS_PATH', '~/.minari/datasets')})") from None
+    parts: dict[str, list[np.ndarray]] = {k: [] for k in D4RL_LAYOUT}
+    for episode in dataset.iterate_episodes():
+        where = f"minari {dataset_id!r} episode {episode.id}"
+        n = len(episode.rewards)
+        obs = episode.observations
+        infos = episode.infos or {}
+        if isinstance(obs, dict):
+            for key in ("observation", "desired_goal"):
+                if key not in obs:
+                    raise ConfigError(f"{where}: dict observation has no {key!r} (has {sorted(obs)})")
+            state, goal = np.asarray(obs["observation"]), np.asarray(obs["desired_goal"])
+        else:
+            if "goal" not in infos:
+                raise ConfigError(f"{where}: flat observations need the goal in infos['goal'] "
+                                  f"(record with DataCollector(record_infos=True)); infos has {sorted(infos)}")
+            state, goal = np.asarray(obs), np.asarray(infos["goal"])
+        if state.ndim != 2 or state.shape[-1] != 4 or len(state) != n + 1:
+            raise ConfigError(f"{where}: observations have shape {state.shape}, expected [{n + 1}, 4]")
+        qpos = np.asarray(infos["qpos"]) if "qpos" in infos else state[:, :2]
+        qvel = np.asarray(infos["qvel"]) if "qvel" in infos else state[:, 2:]
+        parts["observations"].append(state[:n])
+        parts["actions"].append(np.asarray(episode.actions))
+        parts["rewards"].append(np.asarray(episode.rewards))
+        parts["terminals"].append(np.asarray(episode.terminations))
+        parts["timeouts"].append(np.asarray(episode.truncations))
+        parts["infos/goal"].append(goal[:n])
+        parts["infos/qpos"].append(qpos[:n])
+        parts["infos/qvel"].append(qvel[:n])
+    if not parts["observations"]:
+        raise ConfigError(f"minari {dataset_id!r} has no episodes")
+    data = {k: np.concatenate(v) for k, v in parts.items()}
+    if maze_frame is not None:
+        from diffnorm.envs.maze2d import centred_frame
+
+        frame = centred_frame(maze_frame)
+        data["observations"] = frame.state_to_d4rl(data["observations"][:, :2], data["observations"][:, 2:])
+        data["actions"] = frame.vector_to_d4rl(data["actions"])
+        data["infos/goal"] = frame.point_to_d4rl(data["infos/goal"])
+        data["infos/qpos"] = frame.point_to_d4rl(data["infos/qpos"])
+        data["infos/qvel"] = frame.vector_to_d4rl(data["infos/qvel"])
+    validate_d4rl(data, source=f"minari {dataset_id!r}")
+    return _as_layout(data)
