@@ -1,0 +1,144 @@
+"""Diffuser jobs: ``train_diffuser(cfg, out)`` trains the maze2d Diffuser with the configured norm.
+
+Writes into the run directory: config.yaml, scaler.json, checkpoint.safetensors, ema.safetensors,
+metrics.csv, samples/step_*.png (plans sampled with the EMA model), loss.png and results.json.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from diffnorm.data.d4rl_format import load_d4rl_hdf5
+from diffnorm.data.generate import ensure_dataset
+from diffnorm.data.scaling import TrajectoryScaler
+from diffnorm.data.sequence import SequenceDataset
+from diffnorm.diffusion.gaussian import GaussianDiffusion
+from diffnorm.envs.maze2d import in_wall, maze_spec
+from diffnorm.experiments.common import require, resolve_device, seed_everything, write_results
+from diffnorm.plotting.diffuser import loss_curve, plan_grid
+from diffnorm.training.build import build_diffusion
+from diffnorm.training.checkpoint import CONFIG, SCALER, load_scaler, write_run_files
+from diffnorm.training.loop import _seeded, collate, train_diffusion
+
+log = logging.getLogger(__name__)
+
+# What makes two runs the same run: a resume must agree on all of it (train.steps may grow, intervals,
+# threads, progress and the GPU-only speed options may change).
+_IDENTITY = ("env", "norm", "model", "diffusion", "seed", "data_seed", "dataset", "train.batch_size",
+             "train.grad_accumulation", "train.lr", "train.ema_decay", "train.ema_every", "train.ema_start")
+
+
+def _identity(cfg: DictConfig) -> dict[str, Any]:
+    return {k: OmegaConf.to_container(v, resolve=True) if OmegaConf.is_config(v) else v
+            for k in _IDENTITY for v in [OmegaConf.select(cfg, k)]}
+
+
+def _check_resume_matches(out: Path, cfg: DictConfig) -> TrajectoryScaler:
+    """The saved config must describe the same run; return the run's scaler so the data scales alike."""
+    for name in (CONFIG, SCALER):
+        require((out / name).is_file(), f"train.resume=true but {out / name} does not exist")
+    saved, now = _identity(OmegaConf.load(out / CONFIG)), _identity(cfg)
+    diff = [f"{k}: run {saved[k]} vs now {now[k]}" for k in _IDENTITY if saved[k] != now[k]]
+    require(not diff, f"train.resume=true in {out}, but the config differs from the run's: {'; '.join(diff)}")
+    return load_scaler(json.loads((out / SCALER).read_text()))
+
+
+def load_training_data(cfg: DictConfig, scaler: TrajectoryScaler | None = None) -> SequenceDataset:
+    """The configured dataset (given file, or generated and cached) cut into horizon windows."""
+    if cfg.dataset is not None:
+        path = Path(str(cfg.dataset))
+        require(path.is_file(), f"dataset={path} does not exist")
+    else:
+        require(int(cfg.env.dataset_steps) > 0, f"env.dataset_steps={cfg.env.dataset_steps} must be positive")
+        path = ensure_dataset(str(cfg.env.name), int(cfg.env.dataset_steps), int(cfg.data_seed),
+                              data_dir=str(cfg.data_dir), progress=bool(cfg.train.progress))
+    data = load_d4rl_hdf5(path)
+    dataset = SequenceDataset(data, int(cfg.env.horizon), maze_spec(str(cfg.env.name)).eval_goal_xy, scaler=scaler)
+    require(dataset.transition_dim == cfg.diffusion.observation_dim + cfg.diffusion.action_dim,
+            f"dataset transitions have {dataset.transition_dim} dims, the model expects "
+            f"{cfg.diffusion.observation_dim + cfg.diffusion.action_dim}")
+    log.info("dataset %s: %d windows of %d steps in %d episodes", path, len(dataset), dataset.horizon,
+             len(dataset.bounds))
+    return dataset
+
+
+def plan_xy(plans: torch.Tensor, scaler: TrajectoryScaler, action_dim: int) -> np.ndarray:
+    """Scaled plans [N, H, A + O] -> positions [N, H, 2] in maze (D4RL) coordinates."""
+    observations = scaler.unnormalize_observations(plans[..., action_dim:].detach().cpu().double().numpy())
+    return observations[..., :2]
+
+
+class PlanSampler:
+    """Samples plans from fixed dataset windows' start/goal states and draws them on the maze."""
+
+    def __init__(self, cfg: DictConfig, dataset: SequenceDataset, out: Path):
+        n = min(int(cfg.train.n_samples), len(dataset))
+        picks = torch.randperm(len(dataset), generator=_seeded(int(cfg.seed), 2))[:n].tolist()
+        self.reference, self.conditions = collate([dataset[i] for i in picks], torch.device("cpu"))
+        self.cfg, self.scaler, self.out = cfg, dataset.scaler, out
+        self.maze = str(cfg.env.name)
+        self.action_dim = int(cfg.diffusion.action_dim)
+        self.last: dict[str, Any] = {}
+
+    def __call__(self, diffusion: GaussianDiffusion, step: int) -> None:
+        if not len(self.reference):
+            return
+        device = next(diffusion.parameters()).device
+        plans = diffusion.sample({t: c.to(device) for t, c in self.conditions.items()},
+                                 generator=_seeded(int(self.cfg.seed), 3))
+        xy = plan_xy(plans, self.scaler, self.action_dim)
+        ref = plan_xy(self.reference, self.scaler, self.action_dim)
+        path = plan_grid(self.out / "samples" / f"step_{step:07d}.png", self.maze, xy, ref,
+                         title=f"{self.maze}, norm={self.cfg.norm.name}, EMA model at step {step}")
+        self.last = {"step": step, "png": path, "in_wall_fraction": float(in_wall(self.maze, xy).mean()),
+                     "data_in_wall_fraction": float(in_wall(self.maze, ref).mean())}
+
+
+def _configure_threads(cfg: DictConfig) -> None:
+    if cfg.train.num_threads is not None:
+        require(int(cfg.train.num_threads) >= 1, f"train.num_threads={cfg.train.num_threads} must be positive")
+        torch.set_num_threads(int(cfg.train.num_threads))
+
+
+def train_diffuser(cfg: DictConfig, out: Path) -> dict[str, Any]:
+    """Train the Diffuser of ``cfg`` into ``out``; with ``train.resume`` continue the run found there."""
+    start = time.perf_counter()
+    _configure_threads(cfg)
+    device = resolve_device(str(cfg.device))
+    seed_everything(int(cfg.seed))
+    diffusion = build_diffusion(cfg)  # first, so a bad horizon or norm fails before any data work
+    scaler = _check_resume_matches(out, cfg) if cfg.train.resume else None
+    dataset = load_training_data(cfg, scaler)
+    if not cfg.train.resume:
+        write_run_files(out, cfg, dataset.scaler)
+    sampler = PlanSampler(cfg, dataset, out)
+    n_params = sum(p.numel() for p in diffusion.parameters())
+    log.info("%s with norm=%s: %d parameters, device %s, %d torch threads", cfg.model.name, cfg.norm.name,
+             n_params, device, torch.get_num_threads())
+    summary, ema = train_diffusion(diffusion, dataset, cfg.train, int(cfg.seed), out, device, cfg,
+                                   on_sample=sampler)
+    loss_png = loss_curve(out / "loss.png", summary["loss_curve"],
+                          title=f"{cfg.env.name}, norm={cfg.norm.name}")
+    results = {
+        "env": cfg.env.name, "norm": OmegaConf.to_container(cfg.norm, resolve=True),
+        "model": OmegaConf.to_container(cfg.model, resolve=True), "parameters": n_params,
+        "device": str(device), "torch_threads": torch.get_num_threads(), "n_windows": len(dataset),
+        **summary,
+        "final_samples": sampler.last,
+        "wall_time_s": round(time.perf_counter() - start, 2),
+        "files": {"checkpoint": out / "checkpoint.safetensors", "ema": out / "ema.safetensors",
+                  "config": out / CONFIG, "scaler": out / SCALER, "metrics": out / "metrics.csv",
+                  "loss_png": loss_png},
+    }
+    write_results(out, results)
+    log.info("final loss %.4f after %d steps; %.1f s", summary["final_loss"] or float("nan"), summary["steps"],
+             results["wall_time_s"])
+    return results
