@@ -285,3 +285,42 @@ def load_or_generate(env_name: str, steps: int | None, seed: int, data_dir: str 
     """``ensure_dataset`` then ``load_d4rl_hdf5``: the arrays a training job needs."""
     return load_d4rl_hdf5(ensure_dataset(env_name, steps, seed, data_dir))
 
+
+
+def controller_returns(name: str, episodes: int = 100, seed: int = 0, replan_each_episode: bool = True,
+                       keep_paths: int = 0) -> dict[str, Any]:
+    """Run the waypoint controller (no action noise) as a policy in ``make_env`` and score it.
+
+    This is how D4RL measured ``ref_max_score`` (``scripts/reference_scores/maze2d_controller.py``). That
+    script keeps one controller for all episodes; since the evaluation goal never changes, it plans only
+    in the first episode and afterwards steers straight at the goal from wherever the next episode
+    starts. ``replan_each_episode=False`` reproduces that; the default plans every episode.
+    """
+    from diffnorm.envs.maze2d import make_env, normalized_score
+
+    require(episodes > 0, f"episodes={episodes} must be positive")
+    env = make_env(name)
+    controller = WaypointController(name, np.random.default_rng(seed))
+    returns, reached, paths = [], [], []
+    for episode in range(episodes):
+        obs, _ = env.reset(seed=seed if episode == 0 else None)
+        if replan_each_episode:
+            controller.reset()
+        gx, gy = (float(v) for v in env.get_wrapper_attr("goal"))
+        total, truncated, path = 0.0, False, [obs[:2]]
+        while not truncated:
+            ax, ay, _ = controller.act(*obs.tolist(), gx, gy)
+            obs, reward, _, truncated, _ = env.step(np.array([ax, ay]))
+            total += reward
+            path.append(obs[:2])
+        returns.append(total)
+        reached.append(total > 0)
+        if episode < keep_paths:
+            paths.append(np.asarray(path))
+    env.close()
+    returns = np.asarray(returns)
+    scores = np.asarray(normalized_score(name, returns))
+    return {"episodes": episodes, "return_mean": float(returns.mean()), "return_std": float(returns.std()),
+            "score_mean": float(scores.mean()), "score_sem": float(scores.std(ddof=1) / np.sqrt(episodes))
+            if episodes > 1 else 0.0, "score_min": float(scores.min()), "score_max": float(scores.max()),
+            "episodes_reaching_goal": int(np.sum(reached)), "returns": returns.tolist(), "paths": paths}

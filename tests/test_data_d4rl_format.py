@@ -1,0 +1,223 @@
+"""D4RL hdf5 reading (files written directly with h5py, as D4RL's are), validation errors, atomic writes,
+and the Minari reader on datasets created locally."""
+
+import importlib.util
+
+import h5py
+import numpy as np
+import pytest
+
+from diffnorm.data import d4rl_format
+from diffnorm.data.d4rl_format import D4RL_LAYOUT, load_d4rl_hdf5, load_minari, write_d4rl_hdf5
+from diffnorm.envs.maze2d import centred_frame, make_env
+from diffnorm.experiments.common import ConfigError
+
+
+def _arrays(n: int = 50, seed: int = 0) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    data = {k: rng.normal(size=(n, *shape)).astype(np.float32) for k, shape in D4RL_LAYOUT.items()}
+    data["terminals"] = np.zeros(n, dtype=bool)
+    data["timeouts"] = rng.uniform(size=n) < 0.1
+    return data
+
+
+def _write_like_d4rl(path, data, skip=(), extra_metadata=True):
+    """What D4RL's generation script does: h5py create_dataset per key, gzip, plus metadata/* keys."""
+    with h5py.File(path, "w") as f:
+        for key, arr in data.items():
+            if key not in skip:
+                f.create_dataset(key, data=arr, compression="gzip")
+        if extra_metadata:
+            f["metadata/algorithm"] = "waypoint controller"
+    return path
+
+
+def test_reads_a_file_written_directly_with_h5py(tmp_path):
+    data = _arrays()
+    loaded = load_d4rl_hdf5(_write_like_d4rl(tmp_path / "maze2d-umaze-sparse-v1.hdf5", data))
+    assert set(loaded) == set(D4RL_LAYOUT)
+    for key in data:
+        np.testing.assert_array_equal(loaded[key], data[key], err_msg=key)
+    assert loaded["observations"].dtype == np.float32 and loaded["timeouts"].dtype == bool
+
+
+def test_write_read_round_trip_with_attrs(tmp_path):
+    data = _arrays(seed=1)
+    path = write_d4rl_hdf5(tmp_path / "sub" / "x.hdf5", data, {"maze": "maze2d-umaze", "seed": 3})
+    for key, arr in load_d4rl_hdf5(path).items():
+        np.testing.assert_array_equal(arr, data[key])
+    assert d4rl_format.read_attrs(path) == {"maze": "maze2d-umaze", "seed": 3}
+    assert [p.name for p in path.parent.iterdir()] == ["x.hdf5"]  # no temporary file left
+
+
+def _bad(kind: str, tmp_path):
+    data = _arrays()
+    path = tmp_path / "bad.hdf5"
+    if kind == "missing key":
+        _write_like_d4rl(path, data, skip=("timeouts",))
+    elif kind == "length mismatch":
+        data["actions"] = data["actions"][:-3]
+        _write_like_d4rl(path, data)
+    elif kind == "nan":
+        data["observations"][17, 2] = np.nan
+        _write_like_d4rl(path, data)
+    elif kind == "inf":
+        data["rewards"][4] = np.inf
+        _write_like_d4rl(path, data)
+    elif kind == "obs dim":
+        data["observations"] = data["observations"][:, :3]
+        _write_like_d4rl(path, data)
+    elif kind == "truncated":
+        _write_like_d4rl(path, _arrays(n=5000))
+        raw = path.read_bytes()
+        path.write_bytes(raw[: len(raw) // 2])
+    elif kind == "not hdf5":
+        path.write_text("observations,actions\n1,2\n")
+    return path
+
+
+@pytest.mark.parametrize("kind,named", [
+    ("missing key", "missing key 'timeouts'"),
+    ("length mismatch", "'actions' has 47 steps but 'observations' has 50"),
+    ("nan", r"'observations' has a non-finite value \(nan\) at index \(17, 2\)"),
+    ("inf", r"'rewards' has a non-finite value \(inf\) at index 4"),
+    ("obs dim", r"observation dimension 3, expected 4"),
+    ("truncated", "truncated or corrupt"),
+    ("not hdf5", "not a readable HDF5 file"),
+])
+def test_bad_files_give_one_line_errors(kind, named, tmp_path):
+    path = _bad(kind, tmp_path)
+    with pytest.raises(ConfigError, match=named) as err:
+        load_d4rl_hdf5(path)
+    assert "\n" not in str(err.value) and str(path) in str(err.value)
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match="not found: .*nope.hdf5"):
+        load_d4rl_hdf5(tmp_path / "nope.hdf5")
+
+
+def test_write_refuses_bad_data_and_leaves_nothing(tmp_path, monkeypatch):
+    data = _arrays()
+    data["infos/goal"][3, 0] = np.nan
+    with pytest.raises(ConfigError, match="'infos/goal' has a non-finite value"):
+        write_d4rl_hdf5(tmp_path / "x.hdf5", data)
+    with pytest.raises(ConfigError, match="attribute 'cfg'"):
+        write_d4rl_hdf5(tmp_path / "x.hdf5", _arrays(), {"cfg": {"a": 1}})
+    # a failure half-way through writing leaves neither the file nor its temporary
+    original = h5py.Group.create_dataset
+    calls = []
+
+    def failing(self, name, *args, **kwargs):
+        calls.append(name)
+        if len(calls) == 3:
+            raise OSError("disk full")
+        return original(self, name, *args, **kwargs)
+
+    monkeypatch.setattr(h5py.Group, "create_dataset", failing)
+    with pytest.raises(OSError, match="disk full"):
+        write_d4rl_hdf5(tmp_path / "x.hdf5", _arrays())
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_overwrite_is_atomic(tmp_path):
+    path = write_d4rl_hdf5(tmp_path / "x.hdf5", _arrays(seed=1))
+    write_d4rl_hdf5(path, _arrays(seed=2))
+    np.testing.assert_array_equal(load_d4rl_hdf5(path)["actions"], _arrays(seed=2)["actions"])
+
+
+# ---- Minari -------------------------------------------------------------------------------------------
+
+def _record(env, episodes: int, steps: int, seed: int):
+    """Roll random actions, returning what a D4RL-layout reader should produce from the recording."""
+    rng = np.random.default_rng(seed)
+    rows = {k: [] for k in ("observations", "actions", "rewards", "timeouts", "goal")}
+    for episode in range(episodes):
+        obs, info = env.reset(seed=seed + episode)
+        for t in range(steps):
+            action = rng.uniform(-1, 1, size=2).astype(np.float32)
+            rows["observations"].append(obs)
+            rows["goal"].append(info["goal"] if "goal" in info else obs["desired_goal"])
+            obs, reward, _, _, info = env.step(action)
+            rows["actions"].append(action)
+            rows["rewards"].append(reward)
+            rows["timeouts"].append(t == steps - 1)
+    return rows
+
+
+@pytest.fixture
+def minari_home(tmp_path, monkeypatch):
+    pytest.importorskip("minari")
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path / "minari"))
+    return tmp_path / "minari"
+
+
+def _needs_jax():
+    if importlib.util.find_spec("jax") is None:
+        pytest.skip("minari.DataCollector needs jax (pip install 'minari[create]')")
+
+
+def test_minari_datacollector_dataset_loads_to_the_same_arrays(minari_home):
+    _needs_jax()
+    import minari
+
+    env = minari.DataCollector(make_env("maze2d-umaze", max_episode_steps=40), record_infos=True)
+    rows = _record(env, episodes=3, steps=40, seed=0)
+    env.create_dataset(dataset_id="diffnorm/umaze-test-v0", algorithm_name="random", description="test")
+    data = load_minari("diffnorm/umaze-test-v0")
+    np.testing.assert_allclose(data["observations"], np.array(rows["observations"]), atol=1e-6)
+    np.testing.assert_array_equal(data["actions"], np.array(rows["actions"]))
+    np.testing.assert_array_equal(data["rewards"], np.array(rows["rewards"], dtype=np.float32))
+    np.testing.assert_array_equal(data["timeouts"], np.array(rows["timeouts"]))
+    np.testing.assert_array_equal(data["infos/goal"], np.array(rows["goal"], dtype=np.float32))
+    np.testing.assert_array_equal(data["infos/qpos"], data["observations"][:, :2])
+    assert not data["terminals"].any()
+
+
+def test_minari_pointmaze_dataset_is_converted_to_d4rl_coordinates(minari_home):
+    """A gymnasium-robotics PointMaze recording (dict observations, centred frame), as Minari's
+    D4RL/pointmaze datasets are, loads in D4RL coordinates when its maze is named."""
+    _needs_jax()
+    import gymnasium as gym
+    import minari
+
+    from diffnorm.envs.maze2d import build_point_maze
+
+    env = minari.DataCollector(gym.wrappers.TimeLimit(build_point_maze("maze2d-umaze"), 30), record_infos=False)
+    rows = _record(env, episodes=2, steps=30, seed=1)
+    env.create_dataset(dataset_id="diffnorm/pointmaze-test-v0", algorithm_name="random", description="test")
+    data = load_minari("diffnorm/pointmaze-test-v0", maze_frame="maze2d-umaze")
+    frame = centred_frame("maze2d-umaze")
+    obs = np.array([o["observation"] for o in rows["observations"]])
+    np.testing.assert_allclose(data["observations"], frame.state_to_d4rl(obs[:, :2], obs[:, 2:]), atol=1e-6)
+    np.testing.assert_allclose(data["actions"], frame.vector_to_d4rl(np.array(rows["actions"])), atol=1e-7)
+    np.testing.assert_allclose(data["infos/goal"], frame.point_to_d4rl(np.array(rows["goal"])), atol=1e-6)
+    assert ((data["observations"][:, :2] > 0.4) & (data["observations"][:, :2] < 3.6)).all()  # inside umaze
+
+
+def test_minari_dataset_from_buffers_without_jax(minari_home):
+    """The same reader on a dataset made with minari.create_dataset_from_buffers (no jax needed)."""
+    import minari
+    from minari.data_collector.episode_buffer import EpisodeBuffer
+
+    rng = np.random.default_rng(0)
+    buffers, expected = [], []
+    for episode in range(2):
+        n = 10 + episode
+        obs = rng.normal(size=(n + 1, 4)).astype(np.float32)
+        goal = np.tile(np.array([1.0, 1.0], dtype=np.float32), (n + 1, 1))
+        buffers.append(EpisodeBuffer(id=episode, observations=obs, actions=rng.uniform(-1, 1, (n, 2)).astype(np.float32),
+                                     rewards=rng.uniform(size=n), terminations=np.zeros(n, bool),
+                                     truncations=np.arange(n) == n - 1, infos={"goal": goal}))
+        expected.append(obs[:n])
+    env = make_env("maze2d-umaze")
+    minari.create_dataset_from_buffers("diffnorm/buffers-test-v0", buffers, env=env, algorithm_name="random",
+                                      description="test", author="diffnorm", author_email="-", code_permalink="-")
+    data = load_minari("diffnorm/buffers-test-v0")
+    np.testing.assert_array_equal(data["observations"], np.concatenate(expected))
+    assert len(data["actions"]) == 21 and data["timeouts"].sum() == 2
+
+
+def test_minari_errors(minari_home):
+    with pytest.raises(FileNotFoundError, match="not found locally"):
+        load_minari("diffnorm/absent-v0")
