@@ -42,6 +42,7 @@ def test_acceptance_checks(umaze_file):
     assert -1.0 <= c["action_min"] and c["action_max"] <= 1.0
     assert c["action_min"] == -1.0 and c["action_max"] == 1.0  # the N(0, 0.5) noise saturates sometimes
     assert c["goal_segments"] > 300 and c["goals_reached_fraction"] >= 0.95
+    assert c["goals_reached"] + c["segments_at_time_limit"] == c["goal_segments"]
     assert c["timeouts_match_goal_changes"]
     assert c["segment_length_max"] <= maze_spec(UMAZE).max_episode_steps + 1
 
@@ -134,3 +135,12 @@ def test_make_maze_dataset_script_bad_env(script, tmp_path):
     proc = script("make_maze_dataset", "steps=10", "env.name=maze2d-tiny", f"data_dir={tmp_path}", run_dir=tmp_path)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1].startswith("error: unknown maze 'maze2d-tiny'; choose one of")
+
+
+def test_controller_baseline_script(script, tmp_path):
+    proc = script("controller_baseline", "mazes=[maze2d-umaze]", "episodes=2", "plot_paths=1", run_dir=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    res = load_results(tmp_path)["mazes"]["maze2d-umaze"]
+    assert set(res) == {"replan_each_episode", "d4rl_persistent_controller"}
+    assert res["replan_each_episode"]["episodes_reaching_goal"] == 2
+    assert (tmp_path / "controller_paths.png").stat().st_size > 0

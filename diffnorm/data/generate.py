@@ -271,6 +271,7 @@ def dataset_checks(name: str, data: dict[str, np.ndarray]) -> dict[str, Any]:
         "goal_segments": len(ends),
         "goals_reached": int(reached.sum()),
         "goals_reached_fraction": float(reached.mean()) if len(ends) else 0.0,
+        "segments_at_time_limit": int(np.sum(lengths > spec.max_episode_steps)),
         "timeouts_match_goal_changes": bool(np.array_equal(changes, ends[ends < len(obs) - 1])),
         "segment_length_mean": float(lengths.mean()) if len(ends) else 0.0,
         "segment_length_max": int(lengths.max()) if len(ends) else 0,
