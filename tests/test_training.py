@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import logging
+import re
 
 import numpy as np
 import pytest
@@ -211,3 +213,139 @@ def test_metrics_csv_has_one_row_per_log_interval(tmp_path):
     assert rows[0] == "step,loss,lr,elapsed_s,steps_per_s"
     assert [int(r.split(",")[0]) for r in rows[1:]] == [2, 4, 6]
     assert json.loads((tmp_path / SCALER).read_text()).keys() == {"actions", "observations"}
+
+
+# ---- the job in-process on composed configs, and the script end to end in subprocesses ----
+
+TINY = ["model.dim=8", "model.dim_mults=[1,2,2]", "env.horizon=32", "env.n_diffusion_steps=8",
+        "env.dataset_steps=3000", "train.batch_size=4", "train.grad_accumulation=2", "train.n_samples=2",
+        "train.num_threads=1", "train.progress=false"]
+KILL_RUN = ["train.steps=60", "train.checkpoint_every=3", "train.sample_every=0", "train.log_every=3"]
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("data")
+
+
+def compose(data_dir, *overrides):
+    """The job's config as the script would see it (same defaults list, same overrides)."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    from conftest import ROOT
+
+    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base=None):
+        return hydra_compose("train_diffuser", overrides=[*TINY, f"data_dir={data_dir}", *overrides])
+
+
+def job(data_dir, out, *overrides):
+    from diffnorm.experiments.diffuser import train_diffuser
+
+    return train_diffuser(compose(data_dir, *overrides), out)
+
+
+def checkpoint_tensors(run_dir):
+    from safetensors import safe_open
+    with safe_open(str(run_dir / CHECKPOINT), framework="pt") as f:
+        return {k: f.get_tensor(k) for k in f.keys() if not k.startswith("rng.")}, f.metadata()
+
+
+def test_config_defaults_are_the_published_settings():
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    from conftest import ROOT
+
+    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base=None):
+        cfg = hydra_compose("train_diffuser")
+        quick = hydra_compose("train_diffuser", overrides=["experiment=quick", "env=maze2d_large"])
+    assert (cfg.env.name, cfg.env.horizon, cfg.env.n_diffusion_steps, cfg.norm.name) == ("maze2d-umaze", 128, 64, "group")
+    assert dict(cfg.model) == {"name": "temporal_unet", "dim": 32, "dim_mults": [1, 4, 8], "kernel_size": 5}
+    t = cfg.train
+    assert (t.steps, t.batch_size, t.grad_accumulation, t.lr, t.ema_decay, t.ema_every, t.ema_start) == \
+        (2_000_000, 32, 2, 2e-4, 0.995, 10, 2000)
+    assert (cfg.diffusion.sampler, cfg.diffusion.clip_denoised, cfg.device) == ("ddpm", True, "auto")
+    assert quick.env.horizon == 384 and quick.model.dim < 32 and quick.train.steps < 10_000
+
+
+def test_script_smoke_run(script, tmp_path, data_dir):
+    proc = script("train_diffuser", *TINY, f"data_dir={data_dir}", "train.steps=4", "train.sample_every=2",
+                  "norm=none", run_dir=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().splitlines()[-1] == str(tmp_path)
+    res = json.loads((tmp_path / "results.json").read_text())
+    assert res["steps"] == 4 and res["norm"] == {"name": "none"} and np.isfinite(res["final_loss"])
+    assert sorted(p.name for p in (tmp_path / "samples").glob("*.png")) == ["step_0000002.png", "step_0000004.png"]
+    assert (tmp_path / "loss.png").stat().st_size > 0
+    loaded = load_checkpoint(tmp_path)
+    assert loaded.step == 4 and loaded.cfg.env.horizon == 32
+    plans = loaded.diffusion.sample({0: torch.zeros(1, 4), 31: torch.zeros(1, 4)}, sampler="ddim", num_steps=4)
+    xy = loaded.scaler.unnormalize_observations(plans[..., 2:])[..., :2]
+    assert xy.shape == (1, 32, 2)
+
+
+def test_killed_run_resumes_to_the_uninterrupted_weights(tmp_path, data_dir):
+    """SIGKILL the script after its first checkpoints, resume: same final step, bit-identical weights (CPU)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from conftest import ROOT
+
+    killed = tmp_path / "killed"
+    args = [sys.executable, str(ROOT / "scripts" / "train_diffuser.py"), *TINY, f"data_dir={data_dir}", *KILL_RUN,
+            f"hydra.run.dir={killed}"]
+    proc = subprocess.Popen(args, cwd=ROOT, env=dict(os.environ, MPLBACKEND="Agg"),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while not (killed / CHECKPOINT).exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    _, err = proc.communicate()
+    assert (killed / CHECKPOINT).exists(), err
+    _, meta = checkpoint_tensors(killed)
+    assert 3 <= int(meta["step"]) < 60, "the run must be killed mid-way"
+
+    straight = tmp_path / "straight"
+    job(data_dir, straight, *KILL_RUN)
+    res = job(data_dir, killed, *KILL_RUN, "train.resume=true")
+    assert res["steps"] == 60 and res["resumed_from"] == int(meta["step"])
+    (a, meta_a), (b, meta_b) = checkpoint_tensors(straight), checkpoint_tensors(killed)
+    assert meta_a["step"] == meta_b["step"] == "60"
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    rows = (killed / METRICS).read_text().strip().splitlines()[1:]
+    assert [int(r.split(",")[0]) for r in rows] == list(range(3, 61, 3))
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (["env.horizon=30"], "horizon=30 must be a positive multiple of 4"),
+    (["env.horizon=4000"], "horizon=4000 is longer than every episode"),
+    (["dataset=/nonexistent/maze.hdf5"], "dataset=/nonexistent/maze.hdf5 does not exist"),
+    (["train.resume=true"], "train.resume=true but"),
+    (["norm=group", "norm.groups=3"], "norm.groups=3"),
+])
+def test_bad_input_raises_config_error(tmp_path, data_dir, overrides, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        job(data_dir, tmp_path, "train.steps=2", *overrides)
+
+
+def test_bad_input_is_one_line_and_nonzero_exit_from_the_script(script, tmp_path):
+    proc = script("train_diffuser", *TINY, "env.horizon=30", run_dir=tmp_path)
+    assert proc.returncode != 0
+    assert proc.stderr.strip().splitlines() == ["error: horizon=30 must be a positive multiple of 4 "
+                                                "(the U-Net halves it 2 times)"]
+
+
+def test_resume_with_another_norm_is_refused(tmp_path, data_dir):
+    job(data_dir, tmp_path, "train.steps=2")
+    with pytest.raises(ConfigError, match=re.escape("norm: run {'name': 'group', 'groups': 8} vs now {'name': 'none'}")):
+        job(data_dir, tmp_path, "train.steps=4", "train.resume=true", "norm=none")
+
+
+def test_bf16_and_compile_are_ignored_on_cpu_with_a_log_line(tmp_path, data_dir, caplog):
+    with caplog.at_level(logging.WARNING):
+        job(data_dir, tmp_path, "train.steps=1", "train.bf16=true", "train.compile=true", "device=cpu")
+    assert "train.bf16=true ignored" in caplog.text and "train.compile=true ignored" in caplog.text
