@@ -98,8 +98,17 @@ class PlanSampler:
         ref = plan_xy(self.reference, self.scaler, self.action_dim)
         path = plan_grid(self.out / "samples" / f"step_{step:07d}.png", self.maze, xy, ref,
                          title=f"{self.maze}, norm={self.cfg.norm.name}, EMA model at step {step}")
-        self.last = {"step": step, "png": path, "in_wall_fraction": float(in_wall(self.maze, xy).mean()),
-                     "data_in_wall_fraction": float(in_wall(self.maze, ref).mean())}
+        self.last = {"step": step, "png": path, "plans": _plan_stats(self.maze, xy),
+                     "data_windows": _plan_stats(self.maze, ref)}
+
+
+def _plan_stats(maze: str, xy: np.ndarray) -> dict[str, float]:
+    """How plan-like paths [N, H, 2] are: inside walls, and whether they join their inpainted ends
+    (a jump from the start or into the goal much larger than a typical step means the condition was
+    pasted on rather than planned towards)."""
+    steps = np.linalg.norm(np.diff(xy, axis=1), axis=-1)
+    return {"in_wall_fraction": float(in_wall(maze, xy).mean()), "median_step": float(np.median(steps[:, 1:-1])),
+            "start_jump": float(steps[:, 0].mean()), "goal_jump": float(steps[:, -1].mean())}
 
 
 def _configure_threads(cfg: DictConfig) -> None:
