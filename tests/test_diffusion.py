@@ -178,9 +178,9 @@ def test_noisy_input_follows_q_sample():
 
 
 @pytest.mark.parametrize("kwargs,match", [
-    (dict(sampler="euler"), "unknown sampler 'euler'"),
-    (dict(num_steps=0), "num_steps=0"),
-    (dict(num_steps=99), "num_steps=99"),
+    ({"sampler": "euler"}, "unknown sampler 'euler'"),
+    ({"num_steps": 0}, "num_steps=0"),
+    ({"num_steps": 99}, "num_steps=99"),
 ])
 def test_bad_sampler_settings_raise(kwargs, match):
     diffusion = GaussianDiffusion(Affine(), 8, n_diffusion_steps=10)

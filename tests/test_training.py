@@ -14,8 +14,16 @@ from omegaconf import OmegaConf
 from diffnorm.data.scaling import TrajectoryScaler
 from diffnorm.experiments.common import ConfigError
 from diffnorm.training.build import build_diffusion
-from diffnorm.training.checkpoint import (CHECKPOINT, CONFIG, EMA_WEIGHTS, SCALER, load_checkpoint,
-                                          load_training_state, save_training_state, write_run_files)
+from diffnorm.training.checkpoint import (
+    CHECKPOINT,
+    CONFIG,
+    EMA_WEIGHTS,
+    SCALER,
+    load_checkpoint,
+    load_training_state,
+    save_training_state,
+    write_run_files,
+)
 from diffnorm.training.ema import EMA
 from diffnorm.training.loop import METRICS, EpochOrder, step_generator, train_diffusion
 
@@ -88,7 +96,7 @@ def test_epoch_order_is_a_permutation_per_epoch_and_a_function_of_position():
 
 
 def test_step_generators_depend_on_seed_and_step_only():
-    draw = lambda s, k: torch.randn(3, generator=step_generator(s, k))  # noqa: E731
+    draw = lambda s, k: torch.randn(3, generator=step_generator(s, k))
     assert torch.equal(draw(0, 5), draw(0, 5))
     assert not torch.equal(draw(0, 5), draw(0, 6)) and not torch.equal(draw(0, 5), draw(1, 5))
 
@@ -105,18 +113,27 @@ def test_ema_copies_before_start_then_averages_every_n_steps():
 
 
 def test_checkpoint_round_trip_restores_everything(tmp_path):
-    cfg = tiny_cfg(steps=2)
-    diffusion, ema, _ = run(cfg, tmp_path)
-    assert {p.name for p in tmp_path.iterdir()} >= {CHECKPOINT, EMA_WEIGHTS, CONFIG, SCALER, METRICS}
-    assert not list(tmp_path.glob("*.tmp")), "atomic writes leave no temporaries"
-    fresh, fresh_ema = build_diffusion(cfg), build_diffusion(cfg)
-    optimizer = torch.optim.Adam(fresh.parameters(), lr=1.0)
-    step = load_training_state(tmp_path, cfg, fresh.model, fresh_ema.model, optimizer)
-    assert step == 2
-    assert state_equal(fresh, diffusion) and state_equal(fresh_ema, ema)
-    assert optimizer.param_groups[0]["lr"] == cfg.train.lr
-    assert all(torch.equal(s["exp_avg"], s["exp_avg"]) for s in optimizer.state.values())
-    assert len(optimizer.state) == len(list(fresh.parameters()))
+    cfg = tiny_cfg()
+    torch.manual_seed(0)
+    model, ema_model = build_diffusion(cfg).model, build_diffusion(cfg).model
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.train.lr)
+    for _ in range(2):
+        model(torch.randn(2, H, 6), torch.tensor([1, 2])).square().mean().backward()
+        optimizer.step()
+    torch.manual_seed(123)
+    save_training_state(tmp_path, cfg, model, ema_model, optimizer, step=2)
+    expected_draw = torch.rand(3)
+    assert {p.name for p in tmp_path.iterdir()} == {CHECKPOINT, EMA_WEIGHTS}, "atomic writes leave no temporaries"
+
+    fresh, fresh_ema = build_diffusion(cfg).model, build_diffusion(cfg).model
+    fresh_opt = torch.optim.Adam(fresh.parameters(), lr=1.0)
+    assert load_training_state(tmp_path, cfg, fresh, fresh_ema, fresh_opt) == 2
+    assert torch.equal(torch.rand(3), expected_draw), "the torch RNG state is restored"
+    assert state_equal(fresh, model) and state_equal(fresh_ema, ema_model)
+    assert fresh_opt.param_groups[0]["lr"] == cfg.train.lr
+    for p_new, p_old in zip(fresh.parameters(), model.parameters()):
+        new, old = fresh_opt.state[p_new], optimizer.state[p_old]
+        assert new.keys() == old.keys() and all(torch.equal(new[k], old[k]) for k in old)
 
 
 def test_resume_gives_the_uninterrupted_weights(tmp_path):
@@ -184,7 +201,7 @@ def test_load_checkpoint_rejects_weights_that_do_not_fit(tmp_path):
     from safetensors import safe_open
     from safetensors.torch import save_file
     with safe_open(str(tmp_path / "b" / CHECKPOINT), framework="pt") as f:
-        tensors = {k: f.get_tensor(k) for k in f.keys()}
+        tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
     with safe_open(str(tmp_path / "a" / CHECKPOINT), framework="pt") as f:
         meta = f.metadata()
     save_file(tensors, str(tmp_path / "b" / CHECKPOINT), metadata=meta)
@@ -230,10 +247,9 @@ def data_dir(tmp_path_factory):
 
 def compose(data_dir, *overrides):
     """The job's config as the script would see it (same defaults list, same overrides)."""
+    from conftest import ROOT
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
-
-    from conftest import ROOT
 
     with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base=None):
         return hydra_compose("train_diffuser", overrides=[*TINY, f"data_dir={data_dir}", *overrides])
@@ -248,14 +264,13 @@ def job(data_dir, out, *overrides):
 def checkpoint_tensors(run_dir):
     from safetensors import safe_open
     with safe_open(str(run_dir / CHECKPOINT), framework="pt") as f:
-        return {k: f.get_tensor(k) for k in f.keys() if not k.startswith("rng.")}, f.metadata()
+        return {k: f.get_tensor(k) for k in f.keys() if not k.startswith("rng.")}  # noqa: SIM118, f.metadata()
 
 
 def test_config_defaults_are_the_published_settings():
+    from conftest import ROOT
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
-
-    from conftest import ROOT
 
     with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base=None):
         cfg = hydra_compose("train_diffuser")
@@ -335,8 +350,8 @@ def test_bad_input_raises_config_error(tmp_path, data_dir, overrides, message):
 def test_bad_input_is_one_line_and_nonzero_exit_from_the_script(script, tmp_path):
     proc = script("train_diffuser", *TINY, "env.horizon=30", run_dir=tmp_path)
     assert proc.returncode != 0
-    assert proc.stderr.strip().splitlines() == ["error: horizon=30 must be a positive multiple of 4 "
-                                                "(the U-Net halves it 2 times)"]
+    expected = "error: horizon=30 must be a positive multiple of 4 (the U-Net halves it 2 times)"
+    assert proc.stderr.strip().splitlines() == [expected]
 
 
 def test_resume_with_another_norm_is_refused(tmp_path, data_dir):

@@ -32,8 +32,8 @@ def make_scheduler(sampler: str, n_diffusion_steps: int) -> SchedulerMixin:
     happens in ``GaussianDiffusion`` (the same line for every sampler: DPM-Solver has no clip option).
     ``trailing`` spacing makes a shortened run start at the last training step, i.e. from pure noise.
     """
-    common = dict(num_train_timesteps=n_diffusion_steps, beta_schedule="squaredcos_cap_v2",
-                  prediction_type="sample", timestep_spacing="trailing")
+    common = {"num_train_timesteps": n_diffusion_steps, "beta_schedule": "squaredcos_cap_v2",
+              "prediction_type": "sample", "timestep_spacing": "trailing"}
     if sampler == "ddpm":
         # fixed_small = the true posterior variance beta_t (1 - abar_{t-1}) / (1 - abar_t), as published.
         return DDPMScheduler(**common, variance_type="fixed_small", clip_sample=False)

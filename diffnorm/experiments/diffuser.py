@@ -132,7 +132,7 @@ def train_diffuser(cfg: DictConfig, out: Path) -> dict[str, Any]:
     n_params = sum(p.numel() for p in diffusion.parameters())
     log.info("%s with norm=%s: %d parameters, device %s, %d torch threads", cfg.model.name, cfg.norm.name,
              n_params, device, torch.get_num_threads())
-    summary, ema = train_diffusion(diffusion, dataset, cfg.train, int(cfg.seed), out, device, cfg,
+    summary, _ = train_diffusion(diffusion, dataset, cfg.train, int(cfg.seed), out, device, cfg,
                                    on_sample=sampler)
     loss_png = loss_curve(out / "loss.png", summary["loss_curve"],
                           title=f"{cfg.env.name}, norm={cfg.norm.name}")

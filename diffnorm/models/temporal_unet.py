@@ -10,13 +10,19 @@ As in the original, the first level's skip is stored but never consumed, so the 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from itertools import pairwise
 
 import torch
 from torch import nn
 
 from diffnorm.experiments.common import ConfigError, require
-from diffnorm.models.blocks import (Conv1dBlock, Downsample1d, ResidualTemporalBlock, SinusoidalTimeEmbedding,
-                                    Upsample1d)
+from diffnorm.models.blocks import (
+    Conv1dBlock,
+    Downsample1d,
+    ResidualTemporalBlock,
+    SinusoidalTimeEmbedding,
+    Upsample1d,
+)
 from diffnorm.models.norms import NormLayer, norm_factory
 
 
@@ -70,7 +76,7 @@ class TemporalUnet(nn.Module):
         self.transition_dim = transition_dim
 
         widths = [transition_dim] + [dim * m for m in dim_mults]
-        pairs = list(zip(widths[:-1], widths[1:]))
+        pairs = list(pairwise(widths))
         embed_dim = dim
         self.time_mlp = nn.Sequential(
             SinusoidalTimeEmbedding(dim), nn.Linear(dim, 4 * dim), nn.Mish(), nn.Linear(4 * dim, embed_dim))
