@@ -27,10 +27,10 @@ def test_groupnorm_groups_script(script, tmp_path):
 
 
 def test_batchnorm_stats_script(script, tmp_path):
-    proc = script("batchnorm_stats", *TINY, "accumulation=2", run_dir=tmp_path)
+    proc = script("batchnorm_stats", *TINY, "effective_batch=4", "batch_sizes=[1,2]", run_dir=tmp_path)
     assert proc.returncode == 0, proc.stderr
     modes = load_results(tmp_path)["modes"]
-    assert set(modes) == {"no norm", "BatchNorm, minibatch stats", "BatchNorm, population stats"}
+    assert set(modes) == {"no norm"} | {f"BatchNorm batch {b}, {m} stats" for b in (1, 2) for m in ("minibatch", "population")}
     assert (tmp_path / "fig5_batchnorm_predictions.png").exists()
     assert (tmp_path / "fig6_batchnorm_localized.png").exists()
 

@@ -181,32 +181,43 @@ def groupnorm_groups(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
 
 
 def batchnorm_stats(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
-    """Figs. 5/6: one small-batch BatchNorm network evaluated with minibatch and with population
-    statistics, against no norm."""
+    """Figs. 5/6: small-batch BatchNorm networks evaluated with minibatch and with population statistics,
+    against no norm. Every network sees ``effective_batch`` sequences per Adam step; BatchNorm ones get
+    them as ``effective_batch / b`` accumulated minibatches of ``b``, so only the normalization batch
+    changes, and minibatch statistics at inference are taken over ``b`` sequences as in training."""
     radius = _check_toy(cfg)
-    require(cfg.eval_batch_size >= 2, f"eval_batch_size={cfg.eval_batch_size} must be at least 2 for minibatch statistics")
+    for b in cfg.batch_sizes:
+        require(b >= 1 and cfg.effective_batch % b == 0,
+                f"batch_sizes entry {b} must be a positive divisor of effective_batch={cfg.effective_batch}")
     settings = _trial_settings(cfg)
-    batch_norm = {"name": "batch", "momentum": cfg.momentum, "eval_stats": ["minibatch", "population"]}
-    jobs = [dict(settings, norm=n, seed=s, probe=None) for n in ({"name": "none"}, batch_norm) for s in cfg.seeds]
+    jobs = [dict(settings, norm={"name": "none"}, seed=s, batch_size=cfg.effective_batch, accumulation=1,
+                 eval_batch_size=cfg.eval_batch_size, probe=None) for s in cfg.seeds]
+    jobs += [dict(settings, norm={"name": "batch", "momentum": cfg.momentum, "eval_stats": ["minibatch", "population"]},
+                  seed=s, batch_size=b, accumulation=cfg.effective_batch // b, eval_batch_size=b, probe=None)
+             for b in cfg.batch_sizes for s in cfg.seeds]
     trials = map_trials(localization_trial, jobs, cfg.workers, desc="batchnorm")
     inner = _interior(cfg.length, radius)
-    curves, summary = {}, {}
-    for label, pick in (("no norm", lambda t: t if t["norm"]["name"] == "none" else None),
-                        ("BatchNorm, minibatch stats", lambda t: t.get("minibatch")),
-                        ("BatchNorm, population stats", lambda t: t.get("population"))):
-        measured = [m for m in map(pick, trials) if m is not None]
-        summary[label] = {"test_loss": [m["test_loss"] for m in measured],
-                          "localization_distance": [m["distance"] for m in measured],
-                          "localized_interior": [int(m["localized"][inner].sum()) for m in measured],
+    measured = {"no norm": [t for t, j in zip(trials, jobs) if j["norm"]["name"] == "none"]}
+    for b in cfg.batch_sizes:
+        mine = [t for t, j in zip(trials, jobs) if j["norm"]["name"] == "batch" and j["batch_size"] == b]
+        for mode in ("minibatch", "population"):
+            measured[f"BatchNorm batch {b}, {mode} stats"] = [t[mode] for t in mine]
+    summary = {}
+    for label, ms in measured.items():
+        summary[label] = {"test_loss": [m["test_loss"] for m in ms],
+                          "localization_distance": [m["distance"] for m in ms],
+                          "localized_interior": [int(m["localized"][inner].sum()) for m in ms],
                           "interior_size": inner.stop - inner.start}
-        curves[label] = measured[0]
-        print(f"{label:>28}: distance {summary[label]['localization_distance']}, interior localized "
+        print(f"{label:>36}: distance {summary[label]['localization_distance']}, interior localized "
               f"{summary[label]['localized_interior']} of {inner.stop - inner.start}, test loss "
               f"{[round(x, 4) for x in summary[label]['test_loss']]}")
     results = {"settings": OmegaConf.to_container(cfg), "receptive_field": radius, "modes": summary}
     write_results(out_dir, results)
-    plots.localization_predictions(curves, radius, out_dir / "fig5_batchnorm_predictions.png")
-    plots.localized_masks({k: v["localized"] for k, v in curves.items()}, radius, out_dir / "fig6_batchnorm_localized.png")
+    smallest = min(cfg.batch_sizes)
+    shown = {k: v[0] for k, v in measured.items() if k == "no norm" or f"batch {smallest}," in k}
+    plots.localization_predictions(shown, radius, out_dir / "fig5_batchnorm_predictions.png")
+    plots.localized_masks({k: v[0]["localized"] for k, v in measured.items()}, radius,
+                          out_dir / "fig6_batchnorm_localized.png")
     return results
 
 
