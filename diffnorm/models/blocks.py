@@ -33,15 +33,19 @@ class SinusoidalTimeEmbedding(nn.Module):
 
 
 class Conv1dBlock(nn.Module):
-    """Conv1d (same padding) -> norm -> Mish. ``conv``, ``norm`` and ``act`` are named for hooks."""
+    """Conv1d (same padding) -> norm -> activation (Mish in the Diffuser, ReLU in the paper's Eq. 1).
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, norm_layer: NormLayer):
+    ``conv``, ``norm`` and ``act`` are named for hooks.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, norm_layer: NormLayer,
+                 activation: type[nn.Module] = nn.Mish):
         super().__init__()
         if kernel_size < 1 or kernel_size % 2 == 0:
             raise ValueError(f"kernel_size={kernel_size} must be odd and positive (same padding)")
         self.conv = nn.Conv1d(in_channels, out_channels, kernel_size, padding=kernel_size // 2)
         self.norm = norm_layer(out_channels)
-        self.act = nn.Mish()
+        self.act = activation()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.act(self.norm(self.conv(x)))

@@ -14,21 +14,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from diffnorm.experiments.common import require
+from diffnorm.models.blocks import Conv1dBlock
 from diffnorm.models.norms import NormLayer, norm_factory
-
-
-class ConvNormAct(nn.Module):
-    """Conv1d -> norm -> activation, the unit between the Eq. 1 convolutions (named for probing)."""
-
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, norm_layer: NormLayer,
-                 padding: int):
-        super().__init__()
-        self.conv = nn.Conv1d(in_channels, out_channels, kernel_size, padding=padding)
-        self.norm = norm_layer(out_channels)
-        self.act = nn.ReLU()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.act(self.norm(self.conv(x)))
 
 
 def check_cnn_settings(depth: int, kernel_size: int, hidden: int) -> None:
@@ -49,12 +36,12 @@ class LocalizationCNN(nn.Module):
         super().__init__()
         check_cnn_settings(depth, kernel_size, hidden)
         norm_layer = norm_layer or norm_factory("none")
-        pad = (kernel_size - 1) // 2
         widths = [1] + [hidden] * (depth - 1)
         self.blocks = nn.ModuleList(
-            ConvNormAct(c_in, c_out, kernel_size, norm_layer, pad) for c_in, c_out in zip(widths, widths[1:])
+            Conv1dBlock(c_in, c_out, kernel_size, norm_layer, activation=nn.ReLU)
+            for c_in, c_out in zip(widths, widths[1:])
         )
-        self.head = nn.Conv1d(widths[-1], 1, kernel_size, padding=pad)
+        self.head = nn.Conv1d(widths[-1], 1, kernel_size, padding=kernel_size // 2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for block in self.blocks:
