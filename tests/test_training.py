@@ -293,6 +293,9 @@ def test_script_smoke_run(script, tmp_path, data_dir):
     assert res["steps"] == 4 and res["norm"] == {"name": "none"} and np.isfinite(res["final_loss"])
     assert sorted(p.name for p in (tmp_path / "samples").glob("*.png")) == ["step_0000002.png", "step_0000004.png"]
     assert (tmp_path / "loss.png").stat().st_size > 0
+    assert [h["step"] for h in res["samples_over_time"]] == [2, 4]
+    assert res["samples"]["data_windows"]["in_wall_fraction"] == 0.0
+    assert res["samples"]["data_windows"]["joined_fraction"] == 1.0
     loaded = load_checkpoint(tmp_path)
     assert loaded.step == 4 and loaded.cfg.env.horizon == 32
     plans = loaded.diffusion.sample({0: torch.zeros(1, 4), 31: torch.zeros(1, 4)}, sampler="ddim", num_steps=4)

@@ -30,6 +30,10 @@ from diffnorm.training.loop import _seeded, collate, train_diffusion
 
 log = logging.getLogger(__name__)
 
+# A plan "joins" its inpainted start and goal when its first and last steps are shorter than this (maze
+# units; dataset steps are ~0.03, so 0.2 allows a fast but continuous move and rejects a jump).
+JOIN_DISTANCE = 0.2
+
 # What makes two runs the same run: a resume must agree on all of it (train.steps may grow, intervals,
 # threads, progress and the GPU-only speed options may change).
 _IDENTITY = ("env", "norm", "model", "diffusion", "seed", "data_seed", "dataset", "train.batch_size",
@@ -86,7 +90,7 @@ class PlanSampler:
         self.cfg, self.scaler, self.out = cfg, dataset.scaler, out
         self.maze = str(cfg.env.name)
         self.action_dim = int(cfg.diffusion.action_dim)
-        self.last: dict[str, Any] = {}
+        self.history: list[dict[str, Any]] = []
 
     def __call__(self, diffusion: GaussianDiffusion, step: int) -> None:
         if not len(self.reference):
@@ -98,8 +102,8 @@ class PlanSampler:
         ref = plan_xy(self.reference, self.scaler, self.action_dim)
         path = plan_grid(self.out / "samples" / f"step_{step:07d}.png", self.maze, xy, ref,
                          title=f"{self.maze}, norm={self.cfg.norm.name}, EMA model at step {step}")
-        self.last = {"step": step, "png": path, "plans": _plan_stats(self.maze, xy),
-                     "data_windows": _plan_stats(self.maze, ref)}
+        self.history.append({"step": step, "png": path, "plans": _plan_stats(self.maze, xy),
+                             "data_windows": _plan_stats(self.maze, ref)})
 
 
 def _plan_stats(maze: str, xy: np.ndarray) -> dict[str, float]:
@@ -107,8 +111,10 @@ def _plan_stats(maze: str, xy: np.ndarray) -> dict[str, float]:
     (a jump from the start or into the goal much larger than a typical step means the condition was
     pasted on rather than planned towards)."""
     steps = np.linalg.norm(np.diff(xy, axis=1), axis=-1)
+    joined = (steps[:, 0] < JOIN_DISTANCE) & (steps[:, -1] < JOIN_DISTANCE)
     return {"in_wall_fraction": float(in_wall(maze, xy).mean()), "median_step": float(np.median(steps[:, 1:-1])),
-            "start_jump": float(steps[:, 0].mean()), "goal_jump": float(steps[:, -1].mean())}
+            "start_jump": float(steps[:, 0].mean()), "goal_jump": float(steps[:, -1].mean()),
+            "joined_fraction": float(joined.mean())}
 
 
 def _configure_threads(cfg: DictConfig) -> None:
@@ -126,8 +132,7 @@ def train_diffuser(cfg: DictConfig, out: Path) -> dict[str, Any]:
     diffusion = build_diffusion(cfg)  # first, so a bad horizon or norm fails before any data work
     scaler = _check_resume_matches(out, cfg) if cfg.train.resume else None
     dataset = load_training_data(cfg, scaler)
-    if not cfg.train.resume:
-        write_run_files(out, cfg, dataset.scaler)
+    write_run_files(out, cfg, dataset.scaler)  # on resume: same scaler, config updated (e.g. train.steps)
     sampler = PlanSampler(cfg, dataset, out)
     n_params = sum(p.numel() for p in diffusion.parameters())
     log.info("%s with norm=%s: %d parameters, device %s, %d torch threads", cfg.model.name, cfg.norm.name,
@@ -141,7 +146,8 @@ def train_diffuser(cfg: DictConfig, out: Path) -> dict[str, Any]:
         "model": OmegaConf.to_container(cfg.model, resolve=True), "parameters": n_params,
         "device": str(device), "torch_threads": torch.get_num_threads(), "n_windows": len(dataset),
         **summary,
-        "final_samples": sampler.last,
+        "samples": sampler.history[-1] if sampler.history else None,
+        "samples_over_time": [{"step": h["step"], **h["plans"]} for h in sampler.history],
         "wall_time_s": round(time.perf_counter() - start, 2),
         "files": {"checkpoint": out / "checkpoint.safetensors", "ema": out / "ema.safetensors",
                   "config": out / CONFIG, "scaler": out / SCALER, "metrics": out / "metrics.csv",
