@@ -12,7 +12,6 @@ import contextlib
 import csv
 import logging
 import time
-from collections import deque
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -140,32 +139,30 @@ def train_diffusion(diffusion: GaussianDiffusion, dataset: Sequence[dict[str, An
     _write_metrics(metrics_path, rows)  # drops rows logged after the checkpoint a resumed run restarts from
     autocast, denoiser = _precision_and_compile(cfg, device, diffusion.model)
     order = EpochOrder(len(dataset), seed)
-    recent: deque[float] = deque(maxlen=int(cfg.log_every))
-    window: list[float] = []
+    window: list[torch.Tensor] = []  # per-step losses, left on the device until logged (no sync per step)
     t0, started = time.perf_counter(), start
     bar = tqdm(total=total, initial=start, desc="train", disable=not cfg.progress, dynamic_ncols=True)
 
     for step in range(start, total):
         gen = step_generator(seed, step)
-        step_loss = 0.0
+        step_loss = torch.zeros((), device=device)
         for micro in range(accum):
             first = (step * accum + micro) * batch
             x0, conditions = collate([dataset[i] for i in order.indices(first, batch)], device)
             with autocast:
                 loss = diffusion.loss(x0, conditions, generator=gen, denoiser=denoiser) / accum
             loss.backward()
-            step_loss += float(loss.detach())
+            step_loss += loss.detach()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         ema.update(diffusion, step)
         done = step + 1
-        recent.append(step_loss)
         window.append(step_loss)
         bar.update(1)
 
         if done % int(cfg.log_every) == 0 or done == total:
             elapsed = time.perf_counter() - t0
-            rows.append({"step": done, "loss": float(np.mean(window)), "lr": optimizer.param_groups[0]["lr"],
+            rows.append({"step": done, "loss": float(torch.stack(window).mean()), "lr": optimizer.param_groups[0]["lr"],
                          "elapsed_s": round(elapsed, 3), "steps_per_s": round((done - started) / elapsed, 4)})
             window = []
             _write_metrics(metrics_path, rows)
@@ -179,7 +176,7 @@ def train_diffusion(diffusion: GaussianDiffusion, dataset: Sequence[dict[str, An
         on_sample(ema.average, total)
 
     return {"steps": total, "resumed_from": start if cfg.resume else None,
-            "final_loss": float(np.mean(recent)) if recent else None,
+            "final_loss": float(rows[-1]["loss"]) if rows else None,  # mean over the last log interval
             "loss_curve": [(int(r["step"]), float(r["loss"])) for r in rows],
             "train_wall_s": round(time.perf_counter() - t0, 2)}, ema.average
 
