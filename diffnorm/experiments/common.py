@@ -83,3 +83,16 @@ def run_job(job: Callable[[DictConfig, Path], Any], cfg: DictConfig) -> None:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
     print(out)
+
+
+def compose_job(config_name: str, overrides: list[str]) -> DictConfig:
+    """A job's config composed exactly as its script would, from inside a Hydra job or outside one
+    (a worker process, a test)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    if GlobalHydra.instance().is_initialized():
+        return compose(config_name, overrides=overrides)
+    configs = Path(__file__).resolve().parents[2] / "configs"
+    with initialize_config_dir(config_dir=str(configs), version_base=None):
+        return compose(config_name, overrides=overrides)

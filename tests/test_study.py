@@ -1,0 +1,33 @@
+"""The one-command study end to end on tiny settings: every stage runs and report.md states the answer."""
+
+from conftest import load_results
+
+TRAIN = ["experiment=quick", "model.dim=8", "model.dim_mults=[1,2,2]", "env.horizon=32", "env.n_diffusion_steps=8",
+         "env.dataset_steps=3000", "train.steps=3", "train.batch_size=4", "train.n_samples=2",
+         "train.sample_every=0", "train.checkpoint_every=3", "train.progress=false"]
+TOY = ["seeds=[0]", "steps=20", "n_test=40", "workers=1", "length=24", "depth=2", "kernel_size=3", "hidden=8",
+       "probe.steps=10", "probe.n_train=8", "probe.n_test=40"]
+LEAK = ["horizons=[32]", "influence.n_windows=1", "influence.row_stride=3", "influence.t_fractions=[1.0]",
+        "leakage.n_windows=2", "leakage.t_fractions=[1.0]", "leakage.chain_samples=1", "probe.n_train=8",
+        "probe.n_test=40", "probe.steps=20", "probe.batch_size=64", "probe.sites=[mid1,final_block]"]
+
+
+def _listing(values: list[str]) -> str:
+    return "[" + ",".join(f"'{v}'" for v in values) + "]"
+
+
+def test_study_runs_every_stage_and_reports(script, tmp_path):
+    data_dir = f"data_dir={tmp_path / 'data'}"
+    proc = script("study", f"train_overrides={_listing(TRAIN + [data_dir])}",
+                  f"toy_overrides={_listing(TOY)}", f"leak_overrides={_listing(LEAK)}",
+                  f"plan_overrides={_listing(['episodes=2', 'max_steps=20', 'plot_episodes=2'])}", run_dir=tmp_path / "run")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run = tmp_path / "run"
+    res = load_results(run)
+    assert set(res["planning"]) == {"group", "none"}
+    assert res["leak"]["comparison"]["none"]["beyond_rf_influence_fraction"] == 0
+    report = (run / "report.md").read_text()
+    assert report.startswith("# diffnorm study") and "## Answer" in report.splitlines()[2]
+    assert "Welch 95% CI" in report
+    for png in run.rglob("*.png"):
+        assert f"]({png.relative_to(run)})" in report
