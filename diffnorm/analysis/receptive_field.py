@@ -28,7 +28,9 @@ def strip_norms(model: nn.Module) -> nn.Module:
     return stripped
 
 
-def _positive_copy(model: nn.Module) -> nn.Module:
+def positive_copy(model: nn.Module) -> nn.Module:
+    """Float64 copy with norms stripped and every parameter positive: Jacobian entries are non-zero
+    exactly where a path exists (see the module docstring). Shared with analysis.influence."""
     probe = strip_norms(model).double().eval()
     with torch.no_grad():
         for p in probe.parameters():
@@ -61,7 +63,7 @@ def receptive_field(model: nn.Module, length: int | None = None) -> tuple[int, i
     ``model`` must expose ``sequence_axis`` and ``receptive_field_inputs(length)`` (example forward
     arguments). Without ``length`` the sequence is doubled until the reach no longer touches its ends.
     """
-    probe = _positive_copy(model)
+    probe = positive_copy(model)
     multiple = getattr(model, "length_multiple", 1)
     if length is not None:
         return _reach(probe, length)

@@ -19,7 +19,7 @@ from diffnorm.experiments.parallel import map_trials
 from diffnorm.models.norms import norm_factory
 from diffnorm.plotting import toy as plots
 from diffnorm.probing.hooks import record_activations
-from diffnorm.probing.probes import SiteProbes
+from diffnorm.probing.probes import localize_sites
 from diffnorm.probing.stats import localization_distance, localized_indices
 from diffnorm.toy.localization import (LocalizationCNN, predict, ramp_target, sample_inputs,
                                        train_localization)
@@ -93,11 +93,9 @@ def probe_localization(model: LocalizationCNN, length: int, alpha: float, seed: 
             model(sample_inputs(n, length, seed=seed_offset + seed))
         return [acts[s] for s in sites]
 
-    train_acts = activations(20_000, n_train)
-    probes = SiteProbes([a.shape[1] for a in train_acts], hidden=hidden, seed=seed)
-    probes.fit(train_acts, ramp_target(length), steps=steps, batch_size=batch_size, lr=lr)
-    preds = probes.predict(activations(30_000, n_test)).numpy()
-    return np.stack([localized_indices(p, alpha) for p in preds])
+    masks = localize_sites(activations(20_000, n_train), activations(30_000, n_test), ramp_target, alpha,
+                           steps=steps, hidden=hidden, batch_size=batch_size, lr=lr, seed=seed)
+    return np.stack(masks)
 
 
 def _trial_settings(cfg: DictConfig) -> dict[str, Any]:

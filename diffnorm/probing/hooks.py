@@ -12,11 +12,13 @@ from diffnorm.experiments.common import ConfigError
 
 
 @contextmanager
-def record_activations(model: nn.Module, sites: Sequence[str]) -> Iterator[dict[str, torch.Tensor]]:
+def record_activations(model: nn.Module, sites: Sequence[str], detach: bool = True
+                       ) -> Iterator[dict[str, torch.Tensor]]:
     """Yield a dict that each forward pass fills with the (detached) output of every named site.
 
     Unknown sites raise ConfigError listing the valid module names; hooks are removed on exit even
-    when the body raises.
+    when the body raises. ``detach=False`` keeps the outputs in the autograd graph, for gradients of a
+    site with respect to the input (the per-site receptive field).
     """
     modules = dict(model.named_modules())
     unknown = [s for s in sites if s not in modules]
@@ -27,7 +29,7 @@ def record_activations(model: nn.Module, sites: Sequence[str]) -> Iterator[dict[
 
     def hook_for(site: str):
         def hook(_module, _inputs, output):
-            recorded[site] = output.detach()
+            recorded[site] = output.detach() if detach else output
 
         return hook
 

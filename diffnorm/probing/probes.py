@@ -9,10 +9,14 @@ each site's probe trains exactly as it would alone.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 
+import numpy as np
 import torch
 from torch import nn
 from tqdm.auto import tqdm
+
+from diffnorm.probing.stats import localized_indices
 
 
 class BatchedMLP(nn.Module):
@@ -84,3 +88,29 @@ class SiteProbes:
         n, length = activations[0].shape[0], activations[0].shape[2]
         pred = self.mlp(self._standardize(_columns(activations, self.width)))
         return pred.reshape(len(activations), n, length)
+
+
+def localize_sites(train: Sequence[torch.Tensor], test: Sequence[torch.Tensor],
+                   target: Callable[[int], torch.Tensor], alpha: float, steps: int, hidden: int,
+                   batch_size: int, lr: float, seed: int, periods: Sequence[int] | None = None
+                   ) -> list[np.ndarray]:
+    """bool[T_s] per site: the indices a probe on that site localizes (Definition 2.3).
+
+    ``train`` and ``test`` hold one activation [N, C_s, T_s] per site. Probes read one time column and
+    regress ``target(T_s)`` at its index. Sites of equal length share one batched ``SiteProbes``; a
+    U-Net's levels have different lengths, so each length gets its own (seeded ``seed + k``).
+    ``periods[s]`` is the neighbour distance of the Welch test for site s (``localized_indices``).
+    """
+    if len(train) != len(test):
+        raise ValueError(f"{len(train)} training but {len(test)} test activations")
+    periods = list(periods) if periods is not None else [1] * len(train)
+    masks: list[np.ndarray | None] = [None] * len(train)
+    lengths = sorted({a.shape[2] for a in train}, reverse=True)
+    for k, length in enumerate(lengths):
+        group = [i for i, a in enumerate(train) if a.shape[2] == length]
+        probes = SiteProbes([train[i].shape[1] for i in group], hidden=hidden, seed=seed + k)
+        probes.fit([train[i] for i in group], target(length), steps=steps, batch_size=batch_size, lr=lr)
+        preds = probes.predict([test[i] for i in group]).numpy()
+        for i, p in zip(group, preds):
+            masks[i] = localized_indices(p, alpha, period=periods[i])
+    return masks

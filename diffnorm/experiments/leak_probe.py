@@ -1,0 +1,441 @@
+"""Leak probe: does the Diffuser's norm carry information beyond its U-Net's receptive field?
+
+One job, ``leak_probe(cfg, out)``, measures trained planners (checkpoints of ``train_diffuser``, or quick
+models it trains itself, one per norm) three independent ways and side by side:
+
+1. the receptive field (left, right) of one forward pass and, per maze horizon, which plan indices see
+   both the start and the goal;
+2. influence maps |d out_i / d in_j| on noisy dataset windows at several diffusion steps and the share
+   of their mass beyond the receptive field;
+3. probe localization (Definition 2.3) at every probe site, counting localized indices whose reach
+   excludes both ends of the plan;
+4. condition leakage: the output change far from a changed goal (start) condition in one forward pass,
+   and over the whole sampling chain.
+
+For a network without a time-pooling norm, (2) and the one-pass part of (4) are exactly zero and (3)
+finds nothing beyond the receptive field; everything non-zero there is the side channel.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from diffnorm.analysis.influence import (
+    Reach,
+    beyond_band,
+    beyond_fraction,
+    blind_to,
+    chain_leakage,
+    condition_leakage,
+    influence_map,
+    interior_mask,
+    offset_profile,
+    sees_both_ends,
+    site_receptive_fields,
+)
+from diffnorm.analysis.receptive_field import receptive_field
+from diffnorm.diffusion.gaussian import GaussianDiffusion
+from diffnorm.experiments.common import ConfigError, require, seed_everything, write_results
+from diffnorm.plotting import leak as plots
+from diffnorm.probing.hooks import record_activations
+from diffnorm.probing.probes import localize_sites
+from diffnorm.toy.localization import ramp_target
+from diffnorm.training.checkpoint import LoadedDiffuser, load_checkpoint
+
+log = logging.getLogger(__name__)
+
+CONDITION_STEP = {"start": 0, "goal": -1}  # which inpainted timestep each named condition sits at
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+
+@contextlib.contextmanager
+def default_dtype(dtype: torch.dtype) -> Iterator[None]:
+    """The sampler draws its noise in the default dtype; a float64 network needs float64 noise."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(previous)
+
+
+# ----------------------------------------------------------------------------------------------- models
+
+def _compose_training(overrides: list[str]) -> DictConfig:
+    """The train_diffuser config with ``overrides``, composed exactly as its script would."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    if GlobalHydra.instance().is_initialized():  # inside a Hydra job: same config search path
+        return compose("train_diffuser", overrides=overrides)
+    configs = Path(__file__).resolve().parents[2] / "configs"
+    with initialize_config_dir(config_dir=str(configs), version_base=None):
+        return compose("train_diffuser", overrides=overrides)
+
+
+def _train_quick(cfg: DictConfig, out: Path) -> list[Path]:
+    """Train one model per ``cfg.norms`` with ``cfg.train_overrides`` (``experiment=quick`` by default);
+    a run directory that already holds a finished run of the same config is reused."""
+    from diffnorm.experiments.diffuser import train_diffuser
+    from diffnorm.training.build import build_diffusion
+
+    require(len(cfg.norms) > 0, "give checkpoint=..., checkpoints=[...] or a non-empty norms=[...]")
+    runs = []
+    configs = [(str(n), _compose_training([*cfg.train_overrides, f"norm={n}"])) for n in cfg.norms]
+    for _, train_cfg in configs:  # fail on a bad site before any training
+        _check_sites(build_diffusion(train_cfg).model, cfg.probe.sites)
+    for norm, train_cfg in configs:
+        run = out / "train" / norm
+        if not (run / "results.json").is_file():
+            log.info("training a %s model into %s", norm, run)
+            train_diffuser(train_cfg, run)
+        runs.append(run)
+    return runs
+
+
+def _checkpoint_paths(cfg: DictConfig) -> list[Path]:
+    paths = ([cfg.checkpoint] if cfg.checkpoint is not None else []) + list(cfg.checkpoints or [])
+    return [Path(str(p)) for p in paths]
+
+
+def _label(loaded: LoadedDiffuser, taken: set[str]) -> str:
+    norm = OmegaConf.to_container(loaded.cfg.norm, resolve=True)
+    extras = ", ".join(f"{k}={v}" for k, v in norm.items() if k != "name")
+    label = f"{norm['name']} ({extras})" if extras else norm["name"]
+    n = 2
+    while label in taken:
+        label = f"{label} #{n}"
+        n += 1
+    return label
+
+
+def _check_sites(model: torch.nn.Module, sites: Any) -> list[str]:
+    """``all`` or a list of module names; unknown names raise ConfigError listing the valid sites."""
+    if isinstance(sites, str):
+        require(sites == "all", f"probe.sites={sites!r}; give 'all' or a list of site names")
+        return list(model.probe_sites())
+    names = [str(s) for s in sites]
+    require(len(names) > 0, "probe.sites is empty")
+    with record_activations(model, names):  # raises on unknown names, listing model.probe_sites()
+        pass
+    return names
+
+
+# ------------------------------------------------------------------------------------------------ inputs
+
+def _windows(loaded: LoadedDiffuser, n: int, seed: int) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
+    """``n`` random dataset windows x0 [n, H, D] (scaled with the checkpoint's scaler) and their
+    start/goal conditions, from the dataset the checkpoint was trained on."""
+    from diffnorm.experiments.diffuser import load_training_data
+    from diffnorm.training.loop import collate
+
+    cfg = loaded.cfg.copy()
+    OmegaConf.update(cfg, "train.progress", False, force_add=True)
+    dataset = load_training_data(cfg, loaded.scaler)
+    require(len(dataset) >= n, f"the dataset has {len(dataset)} windows; {n} are needed")
+    picks = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))[:n].tolist()
+    return collate([dataset[i] for i in picks], torch.device("cpu"))
+
+
+def _steps(diffusion: GaussianDiffusion, fractions: list[float]) -> list[int]:
+    for f in fractions:
+        require(0.0 <= float(f) <= 1.0, f"diffusion-step fraction {f} must lie in [0, 1]")
+    last = diffusion.n_diffusion_steps - 1
+    return sorted({round(float(f) * last) for f in fractions})
+
+
+def _noisy(diffusion: GaussianDiffusion, x0: torch.Tensor, conditions: dict[int, torch.Tensor], step: int,
+           seed: int) -> torch.Tensor:
+    """x_t of the forward process at diffusion step ``step``, conditions inpainted (the denoiser's input)."""
+    noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float32)
+    t = torch.full((len(x0),), step, dtype=torch.long)
+    x_t = diffusion.noise_schedule.add_noise(x0.float(), noise, t).to(x0.dtype)
+    return diffusion.apply_conditions(x_t, conditions)
+
+
+def _changed(conditions: dict[int, torch.Tensor], step: int) -> dict[int, torch.Tensor]:
+    """The same conditions with the one at ``step`` taken from the next window (a real, different state)."""
+    changed = dict(conditions)
+    changed[step] = conditions[step].roll(1, dims=0)
+    return changed
+
+
+# ------------------------------------------------------------------------------------------- measurements
+
+def measure_influence(diffusion: GaussianDiffusion, x0: torch.Tensor, conditions: dict[int, torch.Tensor],
+                      left: int, right: int, cfg: DictConfig, seed: int) -> dict[str, Any]:
+    """Influence maps at each configured diffusion step, their offset profiles and beyond-RF mass."""
+    length = x0.shape[1]
+    require(int(cfg.row_stride) >= 1, f"influence.row_stride={cfg.row_stride} must be positive")
+    rows = np.arange(0, length, int(cfg.row_stride))
+    outside = beyond_band(rows, length, left, right)
+    maps, per_step = [], []
+    for step in _steps(diffusion, list(cfg.t_fractions)):
+        x_t = _noisy(diffusion, x0, conditions, step, seed + step)
+        t = torch.full((len(x0),), step, dtype=torch.long)
+        chunk = None if cfg.chunk_size is None else int(cfg.chunk_size)
+        imap = influence_map(diffusion.model, x_t, t, rows, chunk_size=chunk).double().numpy()
+        maps.append(imap)
+        _, profile = offset_profile(imap, rows)
+        per_step.append({"t": step, "beyond_rf_fraction": beyond_fraction(imap, outside),
+                         "max_beyond_rf": float(imap[outside].max()) if outside.any() else 0.0,
+                         "max_within_rf": float(imap[~outside].max()), "profile": profile})
+    mean_map = np.mean(maps, axis=0)
+    offsets, profile = offset_profile(mean_map, rows)
+    return {"rows": rows, "map": mean_map, "offsets": offsets, "profile": profile, "per_step": per_step,
+            "beyond_rf_fraction": beyond_fraction(mean_map, outside),
+            "max_beyond_rf": float(mean_map[outside].max()) if outside.any() else 0.0}
+
+
+def _activations(model: torch.nn.Module, sites: list[str], x: torch.Tensor, t: torch.Tensor,
+                 batch_size: int) -> list[torch.Tensor]:
+    chunks: dict[str, list[torch.Tensor]] = {s: [] for s in sites}
+    with torch.no_grad(), record_activations(model, sites) as acts:
+        for start in range(0, len(x), batch_size):
+            model(x[start:start + batch_size], t[start:start + batch_size])
+            for s in sites:
+                chunks[s].append(acts[s].float())
+    return [torch.cat(chunks[s]) for s in sites]
+
+
+def _probe_inputs(diffusion: GaussianDiffusion, loaded: LoadedDiffuser, n: int, cfg: DictConfig, seed: int,
+                  dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """``noise``: x_T ~ N(0, I) with dataset start/goal inpainted, the sampler's first input, whose
+    interior is stationary; ``dataset``: noisy dataset windows at step ``t_fraction``."""
+    require(cfg.inputs in ("noise", "dataset"), f"probe.inputs={cfg.inputs!r}; choose 'noise' or 'dataset'")
+    (step,) = _steps(diffusion, [cfg.t_fraction])
+    x0, conditions = _windows(loaded, n, seed)
+    x0 = x0.to(dtype)
+    conditions = {k: v.to(dtype) for k, v in conditions.items()}
+    if cfg.inputs == "noise":
+        x = torch.randn(x0.shape, generator=torch.Generator().manual_seed(seed + 1), dtype=torch.float32)
+        x = diffusion.apply_conditions(x.to(dtype), conditions)
+    else:
+        x = _noisy(diffusion, x0, conditions, step, seed + 1)
+    return x, torch.full((n,), step, dtype=torch.long)
+
+
+def measure_probes(diffusion: GaussianDiffusion, loaded: LoadedDiffuser, sites: list[str],
+                   reaches: dict[str, Reach], left: int, right: int, cfg: DictConfig, seed: int,
+                   dtype: torch.dtype) -> dict[str, Any]:
+    """Definition 2.3 on probes at every site (ramp target over the site's length), and how many
+    localized indices lie beyond the network's (and the site's own) receptive field from both ends."""
+    model = diffusion.model
+    length = int(loaded.cfg.env.horizon)
+    multiple = int(getattr(model, "length_multiple", 1))
+    x_train, t_train = _probe_inputs(diffusion, loaded, int(cfg.n_train), cfg, seed, dtype)
+    x_test, t_test = _probe_inputs(diffusion, loaded, int(cfg.n_test), cfg, seed + 7919, dtype)
+    train = _activations(model, sites, x_train, t_train, int(cfg.forward_batch))
+    test = _activations(model, sites, x_test, t_test, int(cfg.forward_batch))
+    # Neighbours one stride phase apart: the network is equivariant to input shifts by `multiple` only.
+    periods = [max(1, multiple // reaches[s].stride) for s in sites]
+    masks = localize_sites(train, test, ramp_target, float(cfg.alpha), steps=int(cfg.steps),
+                           hidden=int(cfg.hidden), batch_size=int(cfg.batch_size), lr=float(cfg.lr),
+                           seed=seed, periods=periods)
+    per_site = {}
+    for site, mask, period in zip(sites, masks, periods):
+        reach = reaches[site]
+        beyond_net = interior_mask(length, Reach(left, right, reach.stride))
+        beyond_own = interior_mask(length, reach)
+        per_site[site] = {"stride": reach.stride, "reach": [reach.left, reach.right], "period": period,
+                          "localized": np.flatnonzero(mask), "n_localized": int(mask.sum()),
+                          "beyond_rf": int(beyond_net.sum()), "localized_beyond_rf": int((mask & beyond_net).sum()),
+                          "beyond_own_rf": int(beyond_own.sum()),
+                          "localized_beyond_own_rf": int((mask & beyond_own).sum())}
+    return {"inputs": str(cfg.inputs), "t": int(t_train[0]), "masks": masks, "sites": per_site,
+            "localized_beyond_rf": sum(s["localized_beyond_rf"] for s in per_site.values()),
+            "sites_localizing_beyond_rf": sum(s["localized_beyond_rf"] > 0 for s in per_site.values()),
+            "localized_beyond_own_rf": sum(s["localized_beyond_own_rf"] for s in per_site.values())}
+
+
+def measure_leakage(diffusion: GaussianDiffusion, x0: torch.Tensor, conditions: dict[int, torch.Tensor],
+                    left: int, right: int, cfg: DictConfig, seed: int, dtype: torch.dtype) -> dict[str, Any]:
+    """Per condition (goal / start): output change at indices blind to it, one pass and whole chain."""
+    length = x0.shape[1]
+    result = {}
+    for name in cfg.conditions:
+        require(name in CONDITION_STEP, f"leakage.conditions entry {name!r}; choose from {list(CONDITION_STEP)}")
+        position = CONDITION_STEP[name] % length
+        require(position in conditions, f"the model is not conditioned at timestep {position} ({name})")
+        changed = _changed(conditions, position)
+        blind = blind_to(length, position, left, right)
+        one_pass = []
+        for step in _steps(diffusion, list(cfg.t_fractions)):
+            x_t = _noisy(diffusion, x0, conditions, step, seed + step)
+            t = torch.full((len(x0),), step, dtype=torch.long)
+            delta = condition_leakage(diffusion, x_t, t, conditions, changed).double().numpy()
+            one_pass.append({"t": step, "delta": delta, **_blind_stats(delta, blind)})
+        n_chain = int(cfg.chain_samples)
+        chain_conditions = {k: v[:n_chain] for k, v in conditions.items()}
+        with default_dtype(dtype):
+            chain = chain_leakage(diffusion, chain_conditions, _changed(chain_conditions, position), seed,
+                                  sampler=cfg.sampler, num_steps=cfg.num_steps)
+        plan = chain["plan"].double().numpy()
+        per_step = chain["per_step"].double().numpy()
+        distance = np.abs(np.arange(length) - position)
+        result[name] = {
+            "position": position, "n_blind": int(blind.sum()), "one_pass": one_pass,
+            "one_pass_max_beyond_rf": max(p["max_beyond_rf"] for p in one_pass),
+            "one_pass_mean_beyond_rf": float(np.mean([p["mean_beyond_rf"] for p in one_pass])),
+            "chain": {"plan_delta": plan, **_blind_stats(plan, blind),
+                      "per_step_mean_beyond_rf": per_step[:, blind].mean(1) if blind.any() else np.zeros(len(per_step)),
+                      # farthest index the change has reached at each denoising step (exact non-zero)
+                      "reach_per_step": [int(distance[d > 0].max()) if (d > 0).any() else 0 for d in per_step]},
+        }
+    return result
+
+
+def _blind_stats(delta: np.ndarray, blind: np.ndarray) -> dict[str, float]:
+    seen = delta[~blind].mean() if (~blind).any() else 0.0
+    beyond = delta[blind].mean() if blind.any() else 0.0
+    return {"mean_beyond_rf": float(beyond), "max_beyond_rf": float(delta[blind].max()) if blind.any() else 0.0,
+            "mean_within_rf": float(seen), "ratio_beyond_to_within": float(beyond / seen) if seen > 0 else 0.0}
+
+
+# ------------------------------------------------------------------------------------------------ the job
+
+def analyse(loaded: LoadedDiffuser, cfg: DictConfig, sites: list[str], dtype: torch.dtype) -> dict[str, Any]:
+    """All measurements for one trained model."""
+    diffusion = loaded.diffusion.to(dtype).eval()
+    model = diffusion.model
+    length = int(loaded.cfg.env.horizon)
+    seed = int(cfg.seed)
+    start = time.perf_counter()
+    left, right = receptive_field(model)
+    reaches = site_receptive_fields(model, sites, left=left, right=right)
+    n_windows = max(int(cfg.influence.n_windows), int(cfg.leakage.n_windows))
+    require(int(cfg.leakage.n_windows) >= 2, "leakage.n_windows must be at least 2 (changed conditions "
+            "come from another window)")
+    require(1 <= int(cfg.leakage.chain_samples) <= int(cfg.leakage.n_windows),
+            f"leakage.chain_samples={cfg.leakage.chain_samples} must lie in [1, leakage.n_windows]")
+    x0, conditions = _windows(loaded, n_windows, seed)
+    x0 = x0.to(dtype)
+    conditions = {k: v.to(dtype) for k, v in conditions.items()}
+    timings = {}
+    t0 = time.perf_counter()
+    n_inf = int(cfg.influence.n_windows)
+    influence = measure_influence(diffusion, x0[:n_inf], {k: v[:n_inf] for k, v in conditions.items()},
+                                  left, right, cfg.influence, seed)
+    timings["influence_s"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    probes = measure_probes(diffusion, loaded, sites, reaches, left, right, cfg.probe, seed, dtype)
+    timings["probes_s"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    n_leak = int(cfg.leakage.n_windows)
+    leakage = measure_leakage(diffusion, x0[:n_leak], {k: v[:n_leak] for k, v in conditions.items()},
+                              left, right, cfg.leakage, seed, dtype)
+    timings["leakage_s"] = time.perf_counter() - t0
+    timings["total_s"] = time.perf_counter() - start
+    log.info("%s: beyond-RF influence %.3g, localized beyond RF %d, one-pass goal leak %.3g (%.0f s)",
+             loaded.cfg.norm.name, influence["beyond_rf_fraction"], probes["localized_beyond_rf"],
+             leakage.get("goal", {}).get("one_pass_max_beyond_rf", float("nan")), timings["total_s"])
+    return {"checkpoint": loaded.path, "step": loaded.step, "env": str(loaded.cfg.env.name), "horizon": length,
+            "n_diffusion_steps": diffusion.n_diffusion_steps,
+            "norm": OmegaConf.to_container(loaded.cfg.norm, resolve=True), "receptive_field": [left, right],
+            "influence": influence, "probes": probes, "leakage": leakage, "timings": timings}
+
+
+def _summary(measured: dict[str, Any]) -> dict[str, Any]:
+    row: dict[str, Any] = {
+        "beyond_rf_influence_fraction": measured["influence"]["beyond_rf_fraction"],
+        "beyond_rf_influence_fraction_per_t": {p["t"]: p["beyond_rf_fraction"]
+                                               for p in measured["influence"]["per_step"]},
+        "localized_beyond_rf": measured["probes"]["localized_beyond_rf"],
+        "sites_localizing_beyond_rf": measured["probes"]["sites_localizing_beyond_rf"],
+        "localized_beyond_own_rf": measured["probes"]["localized_beyond_own_rf"],
+    }
+    for name, leak in measured["leakage"].items():
+        row[f"{name}_one_pass_max_beyond_rf"] = leak["one_pass_max_beyond_rf"]
+        row[f"{name}_one_pass_mean_beyond_rf"] = leak["one_pass_mean_beyond_rf"]
+        row[f"{name}_chain_mean_beyond_rf"] = leak["chain"]["mean_beyond_rf"]
+        row[f"{name}_chain_ratio_beyond_to_within"] = leak["chain"]["ratio_beyond_to_within"]
+    return row
+
+
+def _jsonable_measure(measured: dict[str, Any]) -> dict[str, Any]:
+    """results.json keeps scalars, profiles and localized index lists; full maps go to arrays.npz."""
+    out = dict(measured)
+    out["influence"] = {k: v for k, v in measured["influence"].items() if k != "map"}
+    out["influence"]["per_step"] = [{k: v for k, v in p.items() if k != "profile"}
+                                    for p in measured["influence"]["per_step"]]
+    out["probes"] = {k: v for k, v in measured["probes"].items() if k != "masks"}
+    return out
+
+
+def leak_probe(cfg: DictConfig, out: Path) -> dict[str, Any]:
+    """Load (or train) every model, measure each, compare them; write results.json, arrays.npz, PNGs."""
+    start = time.perf_counter()
+    out.mkdir(parents=True, exist_ok=True)
+    require(cfg.dtype in DTYPES, f"dtype={cfg.dtype!r}; choose one of {list(DTYPES)}")
+    dtype = DTYPES[str(cfg.dtype)]
+    if cfg.num_threads is not None:
+        require(int(cfg.num_threads) >= 1, f"num_threads={cfg.num_threads} must be positive")
+        torch.set_num_threads(int(cfg.num_threads))
+    seed_everything(int(cfg.seed))
+    paths = _checkpoint_paths(cfg)
+    loaded = [load_checkpoint(p, "cpu") for p in paths] if paths else None  # bad paths fail first
+    train_s = 0.0
+    if loaded is None:
+        t0 = time.perf_counter()
+        loaded = [load_checkpoint(run, "cpu") for run in _train_quick(cfg, out)]
+        train_s = time.perf_counter() - t0
+    horizons = {int(m.cfg.env.horizon) for m in loaded}
+    require(len(horizons) == 1, f"the checkpoints plan different horizons {sorted(horizons)}; compare "
+            "models of one maze per run")
+    sites = _check_sites(loaded[0].diffusion.model, cfg.probe.sites)
+    for m in loaded[1:]:
+        _check_sites(m.diffusion.model, sites)
+
+    probe_start = time.perf_counter()
+    measured: dict[str, dict[str, Any]] = {}
+    for m in loaded:
+        measured[_label(m, set(measured))] = analyse(m, cfg, sites, dtype)
+    left, right = next(iter(measured.values()))["receptive_field"]
+    for label, m in measured.items():
+        if m["receptive_field"] != [left, right]:
+            raise ConfigError(f"{label} has receptive field {m['receptive_field']}, the first model "
+                              f"{[left, right]}; compare one architecture per run")
+    horizon = horizons.pop()
+    figures = {
+        "influence_heatmaps": plots.influence_heatmaps(measured, left, right, out / "influence_heatmaps.png"),
+        "influence_profiles": plots.influence_profiles(measured, left, right, out / "influence_profiles.png"),
+        "probe_localization": plots.probe_localization(measured, sites, left, right, horizon,
+                                                      out / "probe_localization.png"),
+        "condition_leakage": plots.condition_leakage(measured, left, right, out / "condition_leakage.png"),
+        "chain_leakage": plots.chain_spread(measured, out / "chain_leakage.png"),
+    }
+    probe_s = time.perf_counter() - probe_start
+    np.savez_compressed(out / "arrays.npz", **{
+        f"{label}/{key}": value for label, m in measured.items() for key, value in (
+            ("influence_map", m["influence"]["map"]), ("influence_rows", m["influence"]["rows"]),
+            ("probe_localized", np.concatenate(m["probes"]["masks"])))})
+    results = {
+        "settings": OmegaConf.to_container(cfg, resolve=True),
+        "receptive_field": {"left": left, "right": right,
+                            "sees_both_ends": [sees_both_ends(left, right, int(h)) for h in cfg.horizons]},
+        "comparison": {label: _summary(m) for label, m in measured.items()},
+        "models": {label: _jsonable_measure(m) for label, m in measured.items()},
+        "figures": figures,
+        "wall_time_s": {"training": round(train_s, 1), "probe_run": round(probe_s, 1),
+                        "total": round(time.perf_counter() - start, 1)},
+    }
+    write_results(out, results)
+    print(f"receptive field: left {left}, right {right}")
+    for h in results["receptive_field"]["sees_both_ends"]:
+        print(f"  H={h['horizon']}: {h['count']} indices see both start and goal"
+              + (f" ({h['first']}..{h['last']})" if h["count"] else ""))
+    for label, row in results["comparison"].items():
+        print(f"{label:>18}: beyond-RF influence {row['beyond_rf_influence_fraction']:.3g}, localized beyond RF "
+              f"{row['localized_beyond_rf']}, goal leak one pass {row.get('goal_one_pass_max_beyond_rf', 0):.3g}"
+              f" / chain {row.get('goal_chain_mean_beyond_rf', 0):.3g}")
+    print(f"probe run {probe_s:.0f} s (training {train_s:.0f} s)")
+    return results

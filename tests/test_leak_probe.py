@@ -1,0 +1,141 @@
+"""The leak_probe job end to end on tiny trained Diffusers: the script (training its own quick models),
+the float64 acceptance of issue 5 on the job's own numbers, and bad input."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import ROOT, load_results
+
+from diffnorm.experiments.common import ConfigError
+
+# train_diffuser settings of a tiny U-Net (receptive field 33 / 32) on a 96-step horizon
+TRAIN = ["model.dim=8", "model.dim_mults=[1,2]", "model.kernel_size=3", "env.horizon=96", "env.n_diffusion_steps=8",
+         "env.dataset_steps=3000", "train.steps=2", "train.batch_size=4", "train.grad_accumulation=1",
+         "train.n_samples=2", "train.sample_every=0", "train.num_threads=1", "train.progress=false"]
+# leak_probe sizes for it
+SMALL = ["horizons=[96,128]", "influence.n_windows=1", "influence.row_stride=3", "leakage.n_windows=3",
+         "leakage.chain_samples=2", "probe.n_train=16", "probe.n_test=48", "probe.steps=100", "probe.batch_size=256"]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def single_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def train_overrides(data_dir: Path) -> str:
+    quoted = ",".join(f"'{o}'" for o in [*TRAIN, f"data_dir={data_dir}"])
+    return f"train_overrides=[{quoted}]"
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+    """The script with no checkpoint: it trains a tiny group and none model, then probes them."""
+    from conftest import run_script
+
+    run_dir = tmp_path_factory.mktemp("leak_probe")
+    data_dir = tmp_path_factory.mktemp("data")
+    proc = run_script("leak_probe", "norms=[group,none]", train_overrides(data_dir), *SMALL,
+                      "influence.t_fractions=[1.0]",
+                      "leakage.t_fractions=[1.0]", "probe.sites=[mid1,final_block]", run_dir=run_dir)
+    return run_dir, proc
+
+
+def compose(*overrides: str):
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base=None):
+        return hydra_compose("leak_probe", overrides=list(overrides))
+
+
+def test_script_trains_quick_models_and_writes_results(smoke):
+    run_dir, proc = smoke
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.strip().splitlines()[-1] == str(run_dir)
+    res = load_results(run_dir)
+    assert set(res["comparison"]) == {"group (groups=8)", "none"}
+    assert (res["receptive_field"]["left"], res["receptive_field"]["right"]) == (33, 32)
+    assert [h["count"] for h in res["receptive_field"]["sees_both_ends"]] == [0, 0]  # 96 > 33 + 32 + 1
+    for name in ("influence_heatmaps", "influence_profiles", "probe_localization", "condition_leakage",
+                 "chain_leakage"):
+        assert (run_dir / f"{name}.png").stat().st_size > 10_000
+    arrays = np.load(run_dir / "arrays.npz")
+    assert arrays["none/influence_map"].shape == (32, 96)
+    for norm in ("group", "none"):
+        assert (run_dir / "train" / norm / "ema.safetensors").is_file()
+    group, none = res["comparison"]["group (groups=8)"], res["comparison"]["none"]
+    assert none["beyond_rf_influence_fraction"] == 0.0 and group["beyond_rf_influence_fraction"] > 0
+    assert none["goal_one_pass_max_beyond_rf"] == 0.0 and group["goal_one_pass_max_beyond_rf"] > 0
+
+
+def test_float64_acceptance_on_trained_models(smoke, tmp_path):
+    """Issue 5: for none, beyond-RF influence and one-pass leakage <= 1e-12 and nothing probe-localized
+    beyond the RF (at every probe site); for group, non-zero influence and leakage."""
+    from diffnorm.experiments.leak_probe import leak_probe
+
+    run_dir, _ = smoke
+    cfg = compose(f"checkpoints=[{run_dir / 'train' / 'group'},{run_dir / 'train' / 'none'}]", "dtype=float64",
+                  *SMALL, "influence.t_fractions=[0.0,1.0]", "leakage.t_fractions=[0.0,1.0]")
+    res = leak_probe(cfg, tmp_path)
+    group, none = res["comparison"]["group (groups=8)"], res["comparison"]["none"]
+    assert none["beyond_rf_influence_fraction"] <= 1e-12 < group["beyond_rf_influence_fraction"]
+    for cond in ("goal", "start"):
+        assert none[f"{cond}_one_pass_max_beyond_rf"] <= 1e-12 < group[f"{cond}_one_pass_max_beyond_rf"]
+    assert none["localized_beyond_rf"] == 0 and none["localized_beyond_own_rf"] == 0
+    probes = res["models"]["none"]["probes"]["sites"]
+    assert len(probes) == 25 and sum(s["n_localized"] for s in probes.values()) > 0  # the edges are localized
+    assert probes["final_block"]["beyond_rf"] == 96 - 2 - 33 - 32
+
+
+def test_missing_checkpoint_is_one_line_and_exit_2(script, tmp_path):
+    proc = script("leak_probe", f"checkpoint={tmp_path / 'nowhere'}", run_dir=tmp_path / "run")
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [f"error: checkpoint {tmp_path / 'nowhere'} does not exist"]
+
+
+def test_checkpoint_not_matching_its_config(smoke, tmp_path):
+    from diffnorm.experiments.leak_probe import leak_probe
+
+    run_dir, _ = smoke
+    bad = tmp_path / "edited"
+    shutil.copytree(run_dir / "train" / "none", bad)
+    config = bad / "config.yaml"
+    config.write_text(config.read_text().replace("dim: 8", "dim: 16"))
+    with pytest.raises(ConfigError, match=r"does not match the config.*model"):
+        leak_probe(compose(f"checkpoint={bad}"), tmp_path / "out")
+
+
+def test_unknown_probe_site_lists_the_valid_sites(smoke, tmp_path):
+    from diffnorm.experiments.leak_probe import leak_probe
+
+    run_dir, _ = smoke
+    valid = r"unknown probe site.*'mid3'.*valid sites.*'down\.0\.res1\.block1'.*'final_block'"
+    with pytest.raises(ConfigError, match=valid):
+        leak_probe(compose(f"checkpoint={run_dir / 'train' / 'none'}", "probe.sites=[mid1,mid3]"), tmp_path)
+    # Without a checkpoint the sites are checked before any training starts.
+    with pytest.raises(ConfigError, match="unknown probe site"):
+        leak_probe(compose("norms=[none]", "probe.sites=[mid3]", train_overrides(tmp_path / "data")), tmp_path)
+    assert not (tmp_path / "train").exists()
+
+
+def test_checkpoints_of_different_horizons_are_refused(smoke, tmp_path):
+    from omegaconf import OmegaConf
+
+    from diffnorm.experiments.diffuser import train_diffuser
+    from diffnorm.experiments.leak_probe import _compose_training, leak_probe
+
+    run_dir, _ = smoke
+    trained = run_dir / "train" / "none"
+    data_dir = OmegaConf.load(trained / "config.yaml").data_dir
+    other = tmp_path / "h128"
+    train_diffuser(_compose_training([*TRAIN, "env.horizon=128", "norm=none", f"data_dir={data_dir}"]), other)
+    with pytest.raises(ConfigError, match="different horizons"):
+        leak_probe(compose(f"checkpoints=[{trained},{other}]"), tmp_path / "out")
