@@ -14,6 +14,7 @@ from diffnorm.envs.maze2d import GOAL_RADIUS, in_wall, maze_spec, normalized_sco
 from diffnorm.experiments.common import ConfigError
 from diffnorm.planning import (
     DiffuserPlanner,
+    GoalOnlyPlanner,
     controller_action,
     episode_resets,
     evaluate_planner,
@@ -102,6 +103,13 @@ def test_a_plan_that_stays_put_never_scores():
     assert m["score_mean"] == pytest.approx(float(normalized_score(UMAZE, 0.0)))
     assert m["per_episode"][0]["first_step_in_goal"] is None
     assert np.linalg.norm(rollouts.states[0, -1, :2] - start[:2]) < GOAL_RADIUS
+
+
+def test_goal_only_baseline_needs_a_clear_line_to_the_goal():
+    """Steering straight at the goal works along the open corridor but sticks at the wall across the U."""
+    resets = [(0, {"start_xy": (1.0, 3.0)}), (1, {"start_xy": (3.0, 1.0)})]
+    m = rollout_metrics(UMAZE, run_episodes(GoalOnlyPlanner(), UMAZE, resets))
+    assert [e["success"] for e in m["per_episode"]] == [True, False]
 
 
 def test_replanning_queries_the_current_states_every_k_steps():

@@ -5,7 +5,7 @@
 """
 
 from diffnorm.planning.controller import controller_action, plan_target
-from diffnorm.planning.planner import DiffuserPlanner, Planner
+from diffnorm.planning.planner import DiffuserPlanner, GoalOnlyPlanner, Planner
 from diffnorm.planning.rollout import (
     MODES,
     Evaluation,
@@ -17,5 +17,5 @@ from diffnorm.planning.rollout import (
     tracking_errors,
 )
 
-__all__ = ["MODES", "DiffuserPlanner", "Evaluation", "Planner", "Rollouts", "controller_action", "episode_resets",
+__all__ = ["MODES", "DiffuserPlanner", "Evaluation", "GoalOnlyPlanner", "Planner", "Rollouts", "controller_action", "episode_resets",
            "evaluate_planner", "plan_target", "rollout_metrics", "run_episodes", "tracking_errors"]
