@@ -6,6 +6,10 @@ datasets converted on load, so everything downstream sees the same arrays:
     observations [N, 4]  actions [N, 2]  rewards [N]  terminals [N]  timeouts [N]
     infos/goal [N, 2]    infos/qpos [N, 2]  infos/qvel [N, 2]
 
+Observations are [N, 4] (x, y, vx, vy) for maze2d. Readers and writers take ``observation_dim=None`` to
+accept any width >= 2 with x, y first, for data whose state is smaller (OGBench's kinematic point:
+positions only); the default keeps maze2d's contract.
+
 Bad input raises ``ConfigError`` (or ``FileNotFoundError``) with a one-line message naming the key,
 shape or index at fault; nothing is repaired silently. Writes go to a temporary file that is renamed
 into place only when complete.
@@ -45,8 +49,10 @@ def _shape_str(per_step: tuple[int, ...]) -> str:
     return "[" + ", ".join(["N", *map(str, per_step)]) + "]"
 
 
-def validate_d4rl(data: dict[str, np.ndarray], source: str = "data") -> None:
-    """Raise ConfigError naming the first missing key, wrong shape, length mismatch or non-finite value."""
+def validate_d4rl(data: dict[str, np.ndarray], source: str = "data", observation_dim: int | None = 4) -> None:
+    """Raise ConfigError naming the first missing key, wrong shape, length mismatch or non-finite value.
+
+    ``observation_dim=None`` accepts observations of any width >= 2 (x, y first)."""
     missing = [k for k in D4RL_LAYOUT if k not in data]
     if missing:
         raise ConfigError(f"{source}: missing key {missing[0]!r} (D4RL maze2d needs {list(D4RL_LAYOUT)})")
@@ -55,8 +61,14 @@ def validate_d4rl(data: dict[str, np.ndarray], source: str = "data") -> None:
         raise ConfigError(f"{source}: 'observations' is empty")
     for key, per_step in D4RL_LAYOUT.items():
         arr = np.asarray(data[key])
+        if key == "observations" and arr.ndim == 2 and observation_dim is None:
+            per_step = (arr.shape[1],) if arr.shape[1] >= 2 else (2,)
+        elif key == "observations":
+            per_step = (observation_dim,)
         if arr.ndim != 1 + len(per_step) or arr.shape[1:] != per_step:
-            detail = (f"observation dimension {arr.shape[-1]}, expected 4 (x, y, vx, vy)"
+            wanted = ("at least 2 (x, y first)" if observation_dim is None
+                      else "4 (x, y, vx, vy)" if observation_dim == 4 else str(observation_dim))
+            detail = (f"observation dimension {arr.shape[-1]}, expected {wanted}"
                       if key == "observations" and arr.ndim == 2 else f"expected {_shape_str(per_step)}")
             raise ConfigError(f"{source}: {key!r} has shape {arr.shape}; {detail}")
         if len(arr) != n:
@@ -76,10 +88,11 @@ def _as_layout(data: dict[str, Any]) -> dict[str, np.ndarray]:
     return {k: np.asarray(data[k], dtype=bool if k in _FLAGS else np.float32) for k in D4RL_LAYOUT}
 
 
-def load_d4rl_hdf5(path: str | Path) -> dict[str, np.ndarray]:
+def load_d4rl_hdf5(path: str | Path, observation_dim: int | None = 4) -> dict[str, np.ndarray]:
     """Read a D4RL-layout maze2d file (real D4RL or generated here) into validated arrays.
 
-    Extra keys (D4RL's ``metadata/*``) are ignored."""
+    Extra keys (D4RL's ``metadata/*``) are ignored. ``observation_dim=None`` takes the observation
+    width from the file (see the module docstring)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"D4RL dataset file not found: {path}")
@@ -97,7 +110,7 @@ def load_d4rl_hdf5(path: str | Path) -> dict[str, np.ndarray]:
             except (OSError, RuntimeError, ValueError, KeyError) as err:
                 raise ConfigError(f"{path}: cannot read {key!r} (truncated or corrupt file?): "
                                   f"{_one_line(err)}") from None
-    validate_d4rl(data, source=str(path))
+    validate_d4rl(data, source=str(path), observation_dim=observation_dim)
     return _as_layout(data)
 
 
@@ -113,12 +126,13 @@ def read_attrs(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: not a readable HDF5 file (truncated or corrupt?): {_one_line(err)}") from None
 
 
-def write_d4rl_hdf5(path: str | Path, data: dict[str, np.ndarray], attrs: dict[str, Any] | None = None) -> Path:
+def write_d4rl_hdf5(path: str | Path, data: dict[str, np.ndarray], attrs: dict[str, Any] | None = None,
+                    observation_dim: int | None = 4) -> Path:
     """Validate, then write the D4RL layout (gzip, like D4RL's files) atomically; return the path.
 
     ``attrs`` become root attributes (str, int, float or bool values)."""
     path = Path(path)
-    validate_d4rl(data, source=f"write {path}")
+    validate_d4rl(data, source=f"write {path}", observation_dim=observation_dim)
     arrays = _as_layout(data)
     for key, value in (attrs or {}).items():
         if not isinstance(value, (str, int, float, bool, np.generic)):

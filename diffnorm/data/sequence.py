@@ -27,7 +27,7 @@ from diffnorm.experiments.common import ConfigError, require
 GOAL_RADIUS = 0.5  # D4RL's sparse-reward radius; also the Diffuser's segmentation threshold
 
 
-def episode_bounds(data: dict[str, np.ndarray], eval_goal_xy: Sequence[float],
+def episode_bounds(data: dict[str, np.ndarray], eval_goal_xy: Sequence[float] | None,
                    cut_at_timeouts: bool = False) -> list[tuple[int, int]]:
     """Half-open ``(start, end)`` index ranges of the segments the Diffuser trains on.
 
@@ -35,17 +35,21 @@ def episode_bounds(data: dict[str, np.ndarray], eval_goal_xy: Sequence[float],
     ``terminals[t]`` is set (never in maze2d, but other D4RL-layout data may have it). ``timeouts`` mark
     the generator's goal changes; the Diffuser discards them, which keeps segments long enough for
     horizons of 128-384 steps, so they only cut when ``cut_at_timeouts`` is true.
+
+    ``eval_goal_xy=None`` makes no goal-region cuts: data made of separate episodes (stitch datasets,
+    ``timeouts`` at each episode's last step) has no single evaluation goal, and is cut at ``timeouts``.
     """
     for key in ("observations", "terminals"):
         if key not in data:
             raise ConfigError(f"episode_bounds: data has no {key!r} (keys: {sorted(data)})")
-    goal = np.asarray(eval_goal_xy, dtype=np.float64)
-    require(goal.shape == (2,), f"eval_goal_xy must be (x, y), got shape {goal.shape}")
     xy = np.asarray(data["observations"])[:, :2]
     n = len(xy)
-    at_goal = np.linalg.norm(xy - goal, axis=-1) < GOAL_RADIUS
     cut = np.zeros(n, dtype=bool)
-    cut[:-1] = at_goal[:-1] & ~at_goal[1:]
+    if eval_goal_xy is not None:
+        goal = np.asarray(eval_goal_xy, dtype=np.float64)
+        require(goal.shape == (2,), f"eval_goal_xy must be (x, y), got shape {goal.shape}")
+        at_goal = np.linalg.norm(xy - goal, axis=-1) < GOAL_RADIUS
+        cut[:-1] = at_goal[:-1] & ~at_goal[1:]
     cut |= np.asarray(data["terminals"], dtype=bool)
     if cut_at_timeouts:
         if "timeouts" not in data:
@@ -63,10 +67,11 @@ class SequenceDataset(Dataset):
 
     ``item["trajectory"]``: float32 [H, A + O]; ``item["conditions"]``: ``{0: obs_0, H-1: obs_{H-1}}``,
     both scaled, the inpainting targets of goal-conditioned planning. The scaler is fitted on the steps
-    of the segments (what the model sees) unless one is given, e.g. from a checkpoint.
+    of the segments (what the model sees) unless one is given, e.g. from a checkpoint. The observation
+    width is the data's (4 in maze2d, 2 in OGBench's pointmaze); segments as in ``episode_bounds``.
     """
 
-    def __init__(self, data: dict[str, np.ndarray], horizon: int, eval_goal_xy: Sequence[float],
+    def __init__(self, data: dict[str, np.ndarray], horizon: int, eval_goal_xy: Sequence[float] | None,
                  scaler: TrajectoryScaler | None = None, cut_at_timeouts: bool = False):
         require(int(horizon) == horizon and horizon >= 2, f"horizon={horizon} must be an integer >= 2")
         for key in ("observations", "actions"):

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from diffnorm.data.d4rl_format import load_d4rl_hdf5
+from diffnorm.data.d4rl_format import load_d4rl_hdf5, read_attrs
 from diffnorm.data.generate import ensure_dataset
 from diffnorm.data.scaling import TrajectoryScaler
 from diffnorm.data.sequence import SequenceDataset
@@ -64,8 +64,12 @@ def load_training_data(cfg: DictConfig, scaler: TrajectoryScaler | None = None) 
         require(int(cfg.env.dataset_steps) > 0, f"env.dataset_steps={cfg.env.dataset_steps} must be positive")
         path = ensure_dataset(str(cfg.env.name), int(cfg.env.dataset_steps), int(cfg.data_seed),
                               data_dir=str(cfg.data_dir), progress=bool(cfg.train.progress))
-    data = load_d4rl_hdf5(path)
-    dataset = SequenceDataset(data, int(cfg.env.horizon), maze_spec(str(cfg.env.name)).eval_goal_xy, scaler=scaler)
+    # Files of separate episodes (stitch, OGBench) say so in their metadata: cut at their timeouts only, and
+    # take the observation width from the file (OGBench's point has positions only).
+    separate = read_attrs(path).get("segments") == "timeouts"
+    data = load_d4rl_hdf5(path, observation_dim=None if separate else 4)
+    dataset = SequenceDataset(data, int(cfg.env.horizon), None if separate else maze_spec(str(cfg.env.name)).eval_goal_xy,
+                              scaler=scaler, cut_at_timeouts=separate)
     require(dataset.transition_dim == cfg.diffusion.observation_dim + cfg.diffusion.action_dim,
             f"dataset transitions have {dataset.transition_dim} dims, the model expects "
             f"{cfg.diffusion.observation_dim + cfg.diffusion.action_dim}")

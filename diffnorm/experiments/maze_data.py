@@ -1,4 +1,4 @@
-"""maze2d data jobs: generate (and check) a D4RL-recipe dataset; score the waypoint controller.
+"""maze2d data jobs: generate (and check) a D4RL-recipe or stitch dataset; score the waypoint controller.
 
 Each job writes results.json and its figure into the run directory and prints a short summary.
 """
@@ -12,17 +12,35 @@ from typing import Any
 import matplotlib.pyplot as plt
 from omegaconf import DictConfig
 
-from diffnorm.data.d4rl_format import load_d4rl_hdf5, write_d4rl_hdf5
-from diffnorm.data.generate import (controller_returns, dataset_attrs, dataset_checks, dataset_path,
-                                    ensure_dataset, generate_maze2d)
-from diffnorm.envs.maze2d import maze_spec
-from diffnorm.experiments.common import require, write_results
-from diffnorm.plotting.maze import dataset_coverage, draw_maze, plot_trajectory
+import numpy as np
+
+from diffnorm.data.d4rl_format import load_d4rl_hdf5, read_attrs, write_d4rl_hdf5
+from diffnorm.data.generate import (NEAR_CELLS, build_stitch_dataset, controller_returns, dataset_attrs,
+                                    dataset_checks, dataset_path, ensure_dataset, ensure_stitch_dataset,
+                                    episode_ranges, generate_maze2d, stitch_check, stitch_dataset_path,
+                                    stitch_episode_stats, stitch_tasks)
+from diffnorm.envs.maze2d import in_wall, maze_spec
+from diffnorm.envs.ogbench_maze import (OGBENCH_ENVS, ensure_ogbench_stitch_dataset, generate_ogbench_stitch,
+                                        ogbench_stitch_attrs, ogbench_stitch_checks, ogbench_stitch_path,
+                                        ogbench_tasks)
+from diffnorm.experiments.common import ConfigError, require, write_results
+from diffnorm.plotting.maze import dataset_coverage, draw_maze, plot_trajectory, stitch_coverage
+
+DATASETS = ("d4rl", "stitch", "ogbench")
 
 
 def make_maze_dataset(cfg: DictConfig, out: Path) -> dict[str, Any]:
     """Generate ``cfg.env.name``'s dataset into ``cfg.data_dir`` (reusing a matching cached file unless
-    ``cfg.force``), then load it back and run the acceptance checks on what was written."""
+    ``cfg.force``), then load it back and run the acceptance checks on what was written.
+
+    ``cfg.dataset`` picks the recipe: ``d4rl`` (one D4RL stream, below), ``stitch`` (``make_stitch_dataset``)
+    or ``ogbench`` (``make_ogbench_dataset``)."""
+    kind = str(cfg.get("dataset", "d4rl"))
+    require(kind in DATASETS, f"dataset={kind!r} is unknown; choose one of {list(DATASETS)}")
+    if kind == "stitch":
+        return make_stitch_dataset(cfg, out)
+    if kind == "ogbench":
+        return make_ogbench_dataset(cfg, out)
     name = str(cfg.env.name)
     maze_spec(name)  # unknown maze -> ConfigError before anything else
     require(cfg.steps is not None and int(cfg.steps) > 0, f"steps={cfg.steps} must be a positive integer")
@@ -54,6 +72,119 @@ def make_maze_dataset(cfg: DictConfig, out: Path) -> dict[str, Any]:
           f"goals reached {checks['goals_reached']}/{checks['goal_segments']} "
           f"({checks['goals_reached_fraction']:.1%}); timeouts == goal changes: "
           f"{checks['timeouts_match_goal_changes']}; mean segment {checks['segment_length_mean']:.1f} steps")
+    print(path)
+    return results
+
+
+def _file_checks(name: str, data: dict[str, np.ndarray]) -> dict[str, Any]:
+    """Maze-independent sanity numbers of a file made of separate episodes."""
+    xy = data["observations"][:, :2].astype(np.float64)
+    return {"steps": len(xy), "positions_in_wall": int(in_wall(name, xy).sum()),
+            "action_min": float(data["actions"].min()), "action_max": float(data["actions"].max()),
+            "xy_min": xy.min(axis=0).tolist(), "xy_max": xy.max(axis=0).tolist()}
+
+
+def _episode_paths(data: dict[str, np.ndarray], count: int) -> list[np.ndarray]:
+    return [data["observations"][s:e, :2] for s, e in episode_ranges(data)[:count]]
+
+
+def _print_check(label: str, check: dict[str, Any]) -> None:
+    verdict = "PASSED" if check["passed"] else f"FAILED ({check['violations']} episodes)"
+    closest = [t["closest_approach_cells"] for t in check["tasks"]]
+    print(f"stitch check vs {label}: {verdict}; task BFS distances {[t['bfs_distance'] for t in check['tasks']]}, "
+          f"closest approach per task (cells, must be > {NEAR_CELLS}) {closest}")
+
+
+def make_stitch_dataset(cfg: DictConfig, out: Path) -> dict[str, Any]:
+    """Stitch dataset of ``cfg.env.name`` (``diffnorm.data.generate.generate_stitch``): generate, run the
+    stitch check, write the file only if it passes (else exit with the check in results.json), then load
+    it back and check what was written."""
+    name = str(cfg.env.name)
+    maze_spec(name)
+    s = cfg.stitch
+    episodes, episode_steps, seed = int(s.episodes), int(s.episode_steps), int(cfg.seed)
+    travel = None if s.travel_cells is None else int(s.travel_cells)
+    path = stitch_dataset_path(name, episodes, episode_steps, seed, cfg.data_dir, travel)
+    timing: dict[str, Any] = {"generated": bool(cfg.force or not path.exists())}
+    if timing["generated"]:
+        start = time.perf_counter()
+        data, attrs, check = build_stitch_dataset(name, episode_steps, episodes, travel, seed, bool(cfg.progress))
+        generated = time.perf_counter()
+        timing.update(generate_and_check_seconds=generated - start,
+                      steps_per_second=episodes * episode_steps / (generated - start))
+        if not check["passed"]:
+            write_results(out, {"env": name, "dataset": "stitch", "stitch_check": check, **timing})
+            raise ConfigError(f"{name}: stitch check failed: {check['violations']} episode(s) come within "
+                              f"{NEAR_CELLS} cell of both ends of a task; nothing written (see {out / 'results.json'})")
+        write_d4rl_hdf5(path, data, attrs)
+        timing["write_seconds"] = time.perf_counter() - generated
+    else:
+        ensure_stitch_dataset(name, episode_steps, episodes, travel, seed, cfg.data_dir)  # validates metadata
+    attrs = read_attrs(path)
+    data = load_d4rl_hdf5(path)
+    tasks = stitch_tasks(name)
+    check = stitch_check(data, tasks, name)  # on what was read back, not on what was generated
+    stats = stitch_episode_stats(data, name)
+    stitch_coverage(name, data["observations"][:, :2], tasks, out / "coverage.png",
+                    _episode_paths(data, int(cfg.plot_episodes)),
+                    title=f"{name} stitch: {episodes:,} episodes x {episode_steps} steps")
+    results = {"env": name, "dataset": "stitch", "episodes": episodes, "episode_steps": episode_steps,
+               "travel_cells": int(attrs["travel_cells"]), "seed": seed, "path": str(path.resolve()),
+               "file_mb": path.stat().st_size / 2**20, **timing,
+               "tasks": [[a.tolist(), b.tolist()] for a, b in tasks], "stitch_check": check,
+               "episode_stats": stats, "checks": _file_checks(name, data)}
+    write_results(out, results)
+    if timing["generated"]:
+        print(f"{name} stitch: {episodes:,} episodes x {episode_steps} steps (travel {attrs['travel_cells']} cells) "
+              f"in {timing['generate_and_check_seconds']:.1f} s ({timing['steps_per_second']:,.0f} steps/s)")
+    else:
+        print(f"{name} stitch: reused cached {path}")
+    _print_check(f"{len(tasks)} diffnorm tasks", check)
+    print(f"episodes reaching their goal {stats['episodes_reaching_goal']}/{stats['episodes']}; goal distances "
+          f"{stats['goal_distance_counts']}; positions in walls {results['checks']['positions_in_wall']}")
+    print(path)
+    return results
+
+
+def make_ogbench_dataset(cfg: DictConfig, out: Path) -> dict[str, Any]:
+    """OGBench-recipe stitch data in OGBench's own pointmaze (``diffnorm.envs.ogbench_maze``), for
+    ``env=maze2d_medium|maze2d_large``; the stitch checks against OGBench's and diffnorm's tasks are
+    recorded, not enforced."""
+    name = str(cfg.env.name)
+    require(name in OGBENCH_ENVS, f"dataset=ogbench needs env=maze2d_medium or maze2d_large (OGBench's pointmazes), "
+            f"got {name}")
+    o = cfg.ogbench
+    episodes, episode_steps, seed = int(o.episodes), int(o.episode_steps), int(cfg.seed)
+    path = ogbench_stitch_path(name, episodes, episode_steps, seed, cfg.data_dir)
+    timing: dict[str, Any] = {"generated": bool(cfg.force or not path.exists())}
+    if timing["generated"]:
+        start = time.perf_counter()
+        data = generate_ogbench_stitch(name, episodes, episode_steps, seed=seed, progress=bool(cfg.progress))
+        generated = time.perf_counter()
+        write_d4rl_hdf5(path, data, ogbench_stitch_attrs(name, episodes, episode_steps, seed,
+                                                         ogbench_stitch_checks(name, data)), observation_dim=None)
+        timing.update(generate_seconds=generated - start, write_seconds=time.perf_counter() - generated,
+                      steps_per_second=episodes * episode_steps / (generated - start))
+    else:
+        ensure_ogbench_stitch_dataset(name, episodes, episode_steps, seed, cfg.data_dir)
+    data = load_d4rl_hdf5(path, observation_dim=None)
+    checks = ogbench_stitch_checks(name, data)
+    stats = stitch_episode_stats(data, name)
+    stitch_coverage(name, data["observations"], ogbench_tasks(name), out / "coverage.png",
+                    _episode_paths(data, int(cfg.plot_episodes)),
+                    title=f"{OGBENCH_ENVS[name]} stitch recipe: {episodes:,} x {episode_steps} steps, OGBench tasks")
+    results = {"env": name, "dataset": "ogbench", "ogbench_env": OGBENCH_ENVS[name], "episodes": episodes,
+               "episode_steps": episode_steps, "seed": seed, "path": str(path.resolve()),
+               "file_mb": path.stat().st_size / 2**20, **timing, "stitch_checks": checks, "episode_stats": stats,
+               "checks": _file_checks(name, data)}
+    write_results(out, results)
+    if timing["generated"]:
+        print(f"{OGBENCH_ENVS[name]} stitch: {episodes:,} episodes x {episode_steps} steps in "
+              f"{timing['generate_seconds']:.1f} s ({timing['steps_per_second']:,.0f} steps/s)")
+    else:
+        print(f"{OGBENCH_ENVS[name]} stitch: reused cached {path}")
+    _print_check("OGBench's 5 tasks", checks["ogbench_tasks"])
+    _print_check("diffnorm's stitch tasks", checks["diffnorm_tasks"])
     print(path)
     return results
 

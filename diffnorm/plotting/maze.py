@@ -57,3 +57,34 @@ def dataset_coverage(name: str, xy: np.ndarray, path: Path, bins_per_cell: int =
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+def stitch_coverage(name: str, xy: np.ndarray, tasks: list[tuple[np.ndarray, np.ndarray]], path: Path,
+                    episodes: list[np.ndarray] = (), title: str | None = None, bins_per_cell: int = 10) -> Path:
+    """PNG for a stitch dataset: left, log visit density with the evaluation tasks as arrows (start circle,
+    goal star); right, a few whole episodes, to show how short each one is next to the tasks."""
+    spec = maze_spec(name)
+    rows, cols = spec.layout.shape
+    fig, axes = plt.subplots(1, 2, figsize=(2 * (1.0 + 0.7 * rows), 0.7 * cols + 0.9))
+    counts, xe, ye = np.histogram2d(xy[:, 0], xy[:, 1], bins=(rows * bins_per_cell, cols * bins_per_cell),
+                                    range=((-0.5, rows - 0.5), (-0.5, cols - 0.5)))
+    image = axes[0].pcolormesh(xe, ye, np.ma.log10(np.ma.masked_equal(counts.T, 0)), cmap="viridis", zorder=0)
+    fig.colorbar(image, ax=axes[0], label="log10 visits per bin")
+    for ax in axes:
+        draw_maze(ax, name, show_goal=False)
+    colors = plt.get_cmap("tab10")
+    for k, (start, goal) in enumerate(tasks):
+        (sx, sy), (gx, gy) = np.asarray(start, dtype=float), np.asarray(goal, dtype=float)
+        for ax in axes:
+            ax.annotate("", xy=(gx, gy), xytext=(sx, sy), zorder=4,
+                        arrowprops={"arrowstyle": "->", "color": colors(k), "lw": 1.5, "alpha": 0.8})
+            ax.plot([sx], [sy], "o", color=colors(k), markersize=7, zorder=5)
+            ax.plot([gx], [gy], "*", color=colors(k), markersize=11, zorder=5)
+    for episode in episodes:
+        plot_trajectory(axes[1], episode, s=2)
+    axes[0].set_title(title or f"{name}: {len(xy):,} positions, {len(tasks)} tasks")
+    axes[1].set_title(f"{len(episodes)} episodes (dark: start) and the tasks")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
