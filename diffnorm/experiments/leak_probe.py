@@ -132,18 +132,24 @@ def _check_sites(model: torch.nn.Module, sites: Any) -> list[str]:
 
 # ------------------------------------------------------------------------------------------------ inputs
 
-def _windows(loaded: LoadedDiffuser, n: int, seed: int) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
-    """``n`` random dataset windows x0 [n, H, D] (scaled with the checkpoint's scaler) and their
-    start/goal conditions, from the dataset the checkpoint was trained on."""
+def _dataset(loaded: LoadedDiffuser) -> Any:
+    """The dataset the checkpoint was trained on, cut into its horizon and scaled with its scaler."""
     from diffnorm.experiments.diffuser import load_training_data
-    from diffnorm.training.loop import collate
 
     cfg = loaded.cfg.copy()
     OmegaConf.update(cfg, "train.progress", False, force_add=True)
-    dataset = load_training_data(cfg, loaded.scaler)
+    return load_training_data(cfg, loaded.scaler)
+
+
+def _windows(dataset: Any, n: int, seed: int, dtype: torch.dtype
+             ) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
+    """``n`` random windows x0 [n, H, D] and their start/goal conditions {timestep: [n, obs_dim]}."""
+    from diffnorm.training.loop import collate
+
     require(len(dataset) >= n, f"the dataset has {len(dataset)} windows; {n} are needed")
     picks = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))[:n].tolist()
-    return collate([dataset[i] for i in picks], torch.device("cpu"))
+    x0, conditions = collate([dataset[i] for i in picks], torch.device("cpu"))
+    return x0.to(dtype), {k: v.to(dtype) for k, v in conditions.items()}
 
 
 def _steps(diffusion: GaussianDiffusion, fractions: list[float]) -> list[int]:
@@ -207,15 +213,13 @@ def _activations(model: torch.nn.Module, sites: list[str], x: torch.Tensor, t: t
     return [torch.cat(chunks[s]) for s in sites]
 
 
-def _probe_inputs(diffusion: GaussianDiffusion, loaded: LoadedDiffuser, n: int, cfg: DictConfig, seed: int,
+def _probe_inputs(diffusion: GaussianDiffusion, dataset: Any, n: int, cfg: DictConfig, seed: int,
                   dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
     """``noise``: x_T ~ N(0, I) with dataset start/goal inpainted, the sampler's first input, whose
     interior is stationary; ``dataset``: noisy dataset windows at step ``t_fraction``."""
     require(cfg.inputs in ("noise", "dataset"), f"probe.inputs={cfg.inputs!r}; choose 'noise' or 'dataset'")
     (step,) = _steps(diffusion, [cfg.t_fraction])
-    x0, conditions = _windows(loaded, n, seed)
-    x0 = x0.to(dtype)
-    conditions = {k: v.to(dtype) for k, v in conditions.items()}
+    x0, conditions = _windows(dataset, n, seed, dtype)
     if cfg.inputs == "noise":
         x = torch.randn(x0.shape, generator=torch.Generator().manual_seed(seed + 1), dtype=torch.float32)
         x = diffusion.apply_conditions(x.to(dtype), conditions)
@@ -224,16 +228,15 @@ def _probe_inputs(diffusion: GaussianDiffusion, loaded: LoadedDiffuser, n: int, 
     return x, torch.full((n,), step, dtype=torch.long)
 
 
-def measure_probes(diffusion: GaussianDiffusion, loaded: LoadedDiffuser, sites: list[str],
-                   reaches: dict[str, Reach], left: int, right: int, cfg: DictConfig, seed: int,
-                   dtype: torch.dtype) -> dict[str, Any]:
+def measure_probes(diffusion: GaussianDiffusion, dataset: Any, sites: list[str], reaches: dict[str, Reach],
+                   left: int, right: int, cfg: DictConfig, seed: int, dtype: torch.dtype) -> dict[str, Any]:
     """Definition 2.3 on probes at every site (ramp target over the site's length), and how many
     localized indices lie beyond the network's (and the site's own) receptive field from both ends."""
     model = diffusion.model
-    length = int(loaded.cfg.env.horizon)
+    length = int(diffusion.horizon)
     multiple = int(getattr(model, "length_multiple", 1))
-    x_train, t_train = _probe_inputs(diffusion, loaded, int(cfg.n_train), cfg, seed, dtype)
-    x_test, t_test = _probe_inputs(diffusion, loaded, int(cfg.n_test), cfg, seed + 7919, dtype)
+    x_train, t_train = _probe_inputs(diffusion, dataset, int(cfg.n_train), cfg, seed, dtype)
+    x_test, t_test = _probe_inputs(diffusion, dataset, int(cfg.n_test), cfg, seed + 7919, dtype)
     train = _activations(model, sites, x_train, t_train, int(cfg.forward_batch))
     test = _activations(model, sites, x_test, t_test, int(cfg.forward_batch))
     # Neighbours one stride phase apart: the network is equivariant to input shifts by `multiple` only.
@@ -309,7 +312,7 @@ def analyse(loaded: LoadedDiffuser, cfg: DictConfig, sites: list[str], dtype: to
     model = diffusion.model
     length = int(loaded.cfg.env.horizon)
     seed = int(cfg.seed)
-    start = time.perf_counter()
+    start, start_cpu = time.perf_counter(), time.process_time()
     left, right = receptive_field(model)
     reaches = site_receptive_fields(model, sites, left=left, right=right)
     n_windows = max(int(cfg.influence.n_windows), int(cfg.leakage.n_windows))
@@ -317,27 +320,32 @@ def analyse(loaded: LoadedDiffuser, cfg: DictConfig, sites: list[str], dtype: to
             "come from another window)")
     require(1 <= int(cfg.leakage.chain_samples) <= int(cfg.leakage.n_windows),
             f"leakage.chain_samples={cfg.leakage.chain_samples} must lie in [1, leakage.n_windows]")
-    x0, conditions = _windows(loaded, n_windows, seed)
-    x0 = x0.to(dtype)
-    conditions = {k: v.to(dtype) for k, v in conditions.items()}
-    timings = {}
-    t0 = time.perf_counter()
-    n_inf = int(cfg.influence.n_windows)
-    influence = measure_influence(diffusion, x0[:n_inf], {k: v[:n_inf] for k, v in conditions.items()},
-                                  left, right, cfg.influence, seed)
-    timings["influence_s"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    probes = measure_probes(diffusion, loaded, sites, reaches, left, right, cfg.probe, seed, dtype)
-    timings["probes_s"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    n_leak = int(cfg.leakage.n_windows)
-    leakage = measure_leakage(diffusion, x0[:n_leak], {k: v[:n_leak] for k, v in conditions.items()},
-                              left, right, cfg.leakage, seed, dtype)
-    timings["leakage_s"] = time.perf_counter() - t0
-    timings["total_s"] = time.perf_counter() - start
-    log.info("%s: beyond-RF influence %.3g, localized beyond RF %d, one-pass goal leak %.3g (%.0f s)",
+    dataset = _dataset(loaded)
+    x0, conditions = _windows(dataset, n_windows, seed, dtype)
+    timings: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def timed(name: str) -> Iterator[None]:
+        # Wall and CPU seconds: on cores shared with other jobs the wall time says little on its own.
+        wall, cpu = time.perf_counter(), time.process_time()
+        yield
+        timings[f"{name}_s"] = round(time.perf_counter() - wall, 2)
+        timings[f"{name}_cpu_s"] = round(time.process_time() - cpu, 2)
+
+    n_inf, n_leak = int(cfg.influence.n_windows), int(cfg.leakage.n_windows)
+    with timed("influence"):
+        influence = measure_influence(diffusion, x0[:n_inf], {k: v[:n_inf] for k, v in conditions.items()},
+                                      left, right, cfg.influence, seed)
+    with timed("probes"):
+        probes = measure_probes(diffusion, dataset, sites, reaches, left, right, cfg.probe, seed, dtype)
+    with timed("leakage"):
+        leakage = measure_leakage(diffusion, x0[:n_leak], {k: v[:n_leak] for k, v in conditions.items()},
+                                  left, right, cfg.leakage, seed, dtype)
+    timings["total_s"] = round(time.perf_counter() - start, 2)
+    timings["total_cpu_s"] = round(time.process_time() - start_cpu, 2)
+    log.info("%s: beyond-RF influence %.3g, localized beyond RF %d, one-pass goal leak %.3g (%s)",
              loaded.cfg.norm.name, influence["beyond_rf_fraction"], probes["localized_beyond_rf"],
-             leakage.get("goal", {}).get("one_pass_max_beyond_rf", float("nan")), timings["total_s"])
+             leakage.get("goal", {}).get("one_pass_max_beyond_rf", float("nan")), timings)
     return {"checkpoint": loaded.path, "step": loaded.step, "env": str(loaded.cfg.env.name), "horizon": length,
             "n_diffusion_steps": diffusion.n_diffusion_steps,
             "norm": OmegaConf.to_container(loaded.cfg.norm, resolve=True), "receptive_field": [left, right],
@@ -373,7 +381,7 @@ def _jsonable_measure(measured: dict[str, Any]) -> dict[str, Any]:
 
 def leak_probe(cfg: DictConfig, out: Path) -> dict[str, Any]:
     """Load (or train) every model, measure each, compare them; write results.json, arrays.npz, PNGs."""
-    start = time.perf_counter()
+    start, start_cpu = time.perf_counter(), time.process_time()
     out.mkdir(parents=True, exist_ok=True)
     require(cfg.dtype in DTYPES, f"dtype={cfg.dtype!r}; choose one of {list(DTYPES)}")
     dtype = DTYPES[str(cfg.dtype)]
@@ -385,9 +393,10 @@ def leak_probe(cfg: DictConfig, out: Path) -> dict[str, Any]:
     loaded = [load_checkpoint(p, "cpu") for p in paths] if paths else None  # bad paths fail first
     train_s = 0.0
     if loaded is None:
-        t0 = time.perf_counter()
+        t0, cpu0 = time.perf_counter(), time.process_time()
         loaded = [load_checkpoint(run, "cpu") for run in _train_quick(cfg, out)]
         train_s = time.perf_counter() - t0
+        start_cpu += time.process_time() - cpu0  # the probe run's CPU time excludes training
     horizons = {int(m.cfg.env.horizon) for m in loaded}
     require(len(horizons) == 1, f"the checkpoints plan different horizons {sorted(horizons)}; compare "
             "models of one maze per run")
@@ -395,7 +404,7 @@ def leak_probe(cfg: DictConfig, out: Path) -> dict[str, Any]:
     for m in loaded[1:]:
         _check_sites(m.diffusion.model, sites)
 
-    probe_start = time.perf_counter()
+    probe_start, probe_cpu = time.perf_counter(), time.process_time()
     measured: dict[str, dict[str, Any]] = {}
     for m in loaded:
         measured[_label(m, set(measured))] = analyse(m, cfg, sites, dtype)
@@ -414,6 +423,7 @@ def leak_probe(cfg: DictConfig, out: Path) -> dict[str, Any]:
         "chain_leakage": plots.chain_spread(measured, out / "chain_leakage.png"),
     }
     probe_s = time.perf_counter() - probe_start
+    probe_cpu_s = time.process_time() - probe_cpu
     np.savez_compressed(out / "arrays.npz", **{
         f"{label}/{key}": value for label, m in measured.items() for key, value in (
             ("influence_map", m["influence"]["map"]), ("influence_rows", m["influence"]["rows"]),
@@ -427,6 +437,9 @@ def leak_probe(cfg: DictConfig, out: Path) -> dict[str, Any]:
         "figures": figures,
         "wall_time_s": {"training": round(train_s, 1), "probe_run": round(probe_s, 1),
                         "total": round(time.perf_counter() - start, 1)},
+        # One torch thread: CPU seconds are what the run takes on one idle core.
+        "cpu_time_s": {"probe_run": round(probe_cpu_s, 1), "total_excluding_training":
+                       round(time.process_time() - start_cpu, 1)},
     }
     write_results(out, results)
     print(f"receptive field: left {left}, right {right}")
@@ -437,5 +450,5 @@ def leak_probe(cfg: DictConfig, out: Path) -> dict[str, Any]:
         print(f"{label:>18}: beyond-RF influence {row['beyond_rf_influence_fraction']:.3g}, localized beyond RF "
               f"{row['localized_beyond_rf']}, goal leak one pass {row.get('goal_one_pass_max_beyond_rf', 0):.3g}"
               f" / chain {row.get('goal_chain_mean_beyond_rf', 0):.3g}")
-    print(f"probe run {probe_s:.0f} s (training {train_s:.0f} s)")
+    print(f"probe run {probe_s:.0f} s wall, {probe_cpu_s:.0f} s CPU (training {train_s:.0f} s)")
     return results
