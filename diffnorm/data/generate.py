@@ -1,4 +1,7 @@
-"""maze2d datasets by D4RL's own recipe, on the maintained simulator, in minutes.
+"""maze2d datasets by D4RL's own recipe, on the maintained simulator, in minutes; and stitch datasets.
+
+The stitch datasets (``generate_stitch``, ``stitch_tasks``, ``stitch_check``; section at the end) reuse the
+controller and simulator below with OGBench's stitch recipe: short separate episodes, far-apart tasks.
 
 Recipe (Fu et al. 2020; D4RL ``scripts/generation/generate_maze2d_datasets.py`` with ``--noisy``):
 

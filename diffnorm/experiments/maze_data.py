@@ -127,7 +127,7 @@ def make_stitch_dataset(cfg: DictConfig, out: Path) -> dict[str, Any]:
     stats = stitch_episode_stats(data, name)
     stitch_coverage(name, data["observations"][:, :2], tasks, out / "coverage.png",
                     _episode_paths(data, int(cfg.plot_episodes)),
-                    title=f"{name} stitch: {episodes:,} episodes x {episode_steps} steps")
+                    title=f"{name} stitch data\n{episodes:,} episodes x {episode_steps} steps; the tasks")
     results = {"env": name, "dataset": "stitch", "episodes": episodes, "episode_steps": episode_steps,
                "travel_cells": int(attrs["travel_cells"]), "seed": seed, "path": str(path.resolve()),
                "file_mb": path.stat().st_size / 2**20, **timing,
@@ -172,7 +172,7 @@ def make_ogbench_dataset(cfg: DictConfig, out: Path) -> dict[str, Any]:
     stats = stitch_episode_stats(data, name)
     stitch_coverage(name, data["observations"], ogbench_tasks(name), out / "coverage.png",
                     _episode_paths(data, int(cfg.plot_episodes)),
-                    title=f"{OGBENCH_ENVS[name]} stitch recipe: {episodes:,} x {episode_steps} steps, OGBench tasks")
+                    title=f"{OGBENCH_ENVS[name]} stitch recipe\n{episodes:,} x {episode_steps} steps; OGBench's tasks")
     results = {"env": name, "dataset": "ogbench", "ogbench_env": OGBENCH_ENVS[name], "episodes": episodes,
                "episode_steps": episode_steps, "seed": seed, "path": str(path.resolve()),
                "file_mb": path.stat().st_size / 2**20, **timing, "stitch_checks": checks, "episode_stats": stats,

@@ -82,8 +82,8 @@ def stitch_coverage(name: str, xy: np.ndarray, tasks: list[tuple[np.ndarray, np.
             ax.plot([gx], [gy], "*", color=colors(k), markersize=11, zorder=5)
     for episode in episodes:
         plot_trajectory(axes[1], episode, s=2)
-    axes[0].set_title(title or f"{name}: {len(xy):,} positions, {len(tasks)} tasks")
-    axes[1].set_title(f"{len(episodes)} episodes (dark: start) and the tasks")
+    axes[0].set_title(title or f"{name}\n{len(xy):,} positions, {len(tasks)} tasks", fontsize=10)
+    axes[1].set_title(f"{len(episodes)} whole episodes (dark: start)\nand the tasks (circle -> star)", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
