@@ -9,7 +9,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from conftest import load_results
-from diffnorm.data.d4rl_format import load_d4rl_hdf5, read_attrs
+from diffnorm.data.d4rl_format import load_d4rl_hdf5, read_attrs, write_d4rl_hdf5
 from diffnorm.data.generate import (STITCH_RECIPE_VERSION, WaypointController, ensure_stitch_dataset,
                                     generate_stitch, stitch_check, stitch_episode_stats, stitch_task_cells,
                                     stitch_tasks, stitch_travel_cells)
@@ -192,3 +192,16 @@ def test_make_maze_dataset_stitch_script(script, tmp_path):
 def test_make_maze_dataset_unknown_recipe(tmp_path):
     with pytest.raises(ConfigError, match=re.escape("dataset='stich' is unknown; choose one of ['d4rl', 'stitch'")):
         make_maze_dataset(compose_job("make_maze_dataset", ["dataset=stich"]), tmp_path)
+
+
+def test_reader_takes_the_observation_width_from_the_file_only_when_asked(stitch_data, tmp_path):
+    """OGBench-style files hold positions only; maze2d's reader stays strict unless told otherwise."""
+    data = {k: v[:500] for k, v in stitch_data["maze2d-umaze"].items()}
+    data["observations"] = data["observations"][:, :2]
+    path = write_d4rl_hdf5(tmp_path / "xy.hdf5", data, observation_dim=None)
+    assert load_d4rl_hdf5(path, observation_dim=None)["observations"].shape == (500, 2)
+    with pytest.raises(ConfigError, match="observation dimension 2, expected 4"):
+        load_d4rl_hdf5(path)
+    with pytest.raises(ConfigError, match="observation dimension 1, expected at least 2"):
+        write_d4rl_hdf5(tmp_path / "x.hdf5", {**data, "observations": data["observations"][:, :1]},
+                        observation_dim=None)
