@@ -264,7 +264,8 @@ def job(data_dir, out, *overrides):
 def checkpoint_tensors(run_dir):
     from safetensors import safe_open
     with safe_open(str(run_dir / CHECKPOINT), framework="pt") as f:
-        return {k: f.get_tensor(k) for k in f.keys() if not k.startswith("rng.")}  # noqa: SIM118, f.metadata()
+        tensors = {k: f.get_tensor(k) for k in f.keys() if not k.startswith("rng.")}  # noqa: SIM118
+        return tensors, f.metadata()
 
 
 def test_config_defaults_are_the_published_settings():
