@@ -10,7 +10,7 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -c constraints.txt torch==2.13.0
-	$(BIN)/pip install -q -c constraints.txt -e '.[dev,minari]'
+	$(BIN)/pip install -q -c constraints.txt -e '.[dev,minari,ogbench]'
 	touch $(STAMP)
 
 venv: $(STAMP)
