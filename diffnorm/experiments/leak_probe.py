@@ -364,19 +364,41 @@ def _summary(measured: dict[str, Any]) -> dict[str, Any]:
     for name, leak in measured["leakage"].items():
         row[f"{name}_one_pass_max_beyond_rf"] = leak["one_pass_max_beyond_rf"]
         row[f"{name}_one_pass_mean_beyond_rf"] = leak["one_pass_mean_beyond_rf"]
+        row[f"{name}_one_pass_ratio_beyond_to_within"] = float(np.mean([p["ratio_beyond_to_within"]
+                                                                        for p in leak["one_pass"]]))
         row[f"{name}_chain_mean_beyond_rf"] = leak["chain"]["mean_beyond_rf"]
         row[f"{name}_chain_ratio_beyond_to_within"] = leak["chain"]["ratio_beyond_to_within"]
     return row
 
 
 def _jsonable_measure(measured: dict[str, Any]) -> dict[str, Any]:
-    """results.json keeps scalars, profiles and localized index lists; full maps go to arrays.npz."""
+    """results.json keeps the numbers and localized index lists; per-index curves go to arrays.npz."""
     out = dict(measured)
-    out["influence"] = {k: v for k, v in measured["influence"].items() if k != "map"}
+    out["influence"] = {k: v for k, v in measured["influence"].items()
+                        if k not in ("map", "rows", "offsets", "profile")}
     out["influence"]["per_step"] = [{k: v for k, v in p.items() if k != "profile"}
                                     for p in measured["influence"]["per_step"]]
     out["probes"] = {k: v for k, v in measured["probes"].items() if k != "masks"}
+    out["leakage"] = {}
+    for name, leak in measured["leakage"].items():
+        out["leakage"][name] = {**leak, "one_pass": [{k: v for k, v in p.items() if k != "delta"}
+                                                     for p in leak["one_pass"]],
+                                "chain": {k: v for k, v in leak["chain"].items() if k != "plan_delta"}}
     return out
+
+
+def _arrays(measured: dict[str, Any]) -> dict[str, np.ndarray]:
+    """Everything the figures are drawn from, keyed ``<label>/<name>``."""
+    arrays = {}
+    for label, m in measured.items():
+        inf = m["influence"]
+        arrays.update({f"{label}/influence_map": inf["map"], f"{label}/influence_rows": inf["rows"],
+                       f"{label}/influence_offsets": inf["offsets"], f"{label}/influence_profile": inf["profile"],
+                       f"{label}/probe_localized": np.concatenate(m["probes"]["masks"])})
+        for name, leak in m["leakage"].items():
+            arrays[f"{label}/{name}_one_pass_delta"] = np.stack([p["delta"] for p in leak["one_pass"]])
+            arrays[f"{label}/{name}_chain_plan_delta"] = leak["chain"]["plan_delta"]
+    return arrays
 
 
 def leak_probe(cfg: DictConfig, out: Path) -> dict[str, Any]:
@@ -424,10 +446,7 @@ def leak_probe(cfg: DictConfig, out: Path) -> dict[str, Any]:
     }
     probe_s = time.perf_counter() - probe_start
     probe_cpu_s = time.process_time() - probe_cpu
-    np.savez_compressed(out / "arrays.npz", **{
-        f"{label}/{key}": value for label, m in measured.items() for key, value in (
-            ("influence_map", m["influence"]["map"]), ("influence_rows", m["influence"]["rows"]),
-            ("probe_localized", np.concatenate(m["probes"]["masks"])))})
+    np.savez_compressed(out / "arrays.npz", **_arrays(measured))
     results = {
         "settings": OmegaConf.to_container(cfg, resolve=True),
         "receptive_field": {"left": left, "right": right,
