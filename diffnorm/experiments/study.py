@@ -12,12 +12,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from omegaconf import DictConfig, OmegaConf
-from scipy.stats import ttest_ind
 
 from diffnorm.experiments.common import compose_job, require, write_results
 from diffnorm.experiments.parallel import map_trials
+from diffnorm.probing.stats import welch_difference
 
 
 def run_composed(job: str, config_name: str, overrides: list[str], out: str) -> dict[str, Any]:
@@ -32,18 +31,6 @@ def run_composed(job: str, config_name: str, overrides: list[str], out: str) -> 
             "plan_maze": planning.plan_maze}
     Path(out).mkdir(parents=True, exist_ok=True)  # as Hydra would have made it
     return jobs[job](compose_job(config_name, overrides), Path(out))
-
-
-def _welch(a: list[float], b: list[float]) -> dict[str, float]:
-    """Difference of means a - b with Welch's 95% confidence interval and p-value."""
-    a, b = np.asarray(a, float), np.asarray(b, float)
-    if a.std() == 0 and b.std() == 0:
-        diff = float(a.mean() - b.mean())
-        return {"difference": diff, "ci_low": diff, "ci_high": diff, "p_value": float("nan")}
-    test = ttest_ind(a, b, equal_var=False)
-    ci = test.confidence_interval(0.95)
-    return {"difference": float(a.mean() - b.mean()), "ci_low": float(ci.low), "ci_high": float(ci.high),
-            "p_value": float(test.pvalue)}
 
 
 def study(cfg: DictConfig, out: Path) -> dict[str, Any]:
@@ -93,7 +80,7 @@ def summarize(cfg: DictConfig, data: dict, toy: dict, trained: dict, leak: dict,
     """The numbers the report states, gathered from every stage's results."""
     base = str(cfg.baseline)
     scores = {n: [e["score"] for e in p["per_episode"]] for n, p in planned.items()}
-    comparisons = {n: _welch(scores[n], scores[base]) for n in scores if n != base}
+    comparisons = {n: welch_difference(scores[n], scores[base]) for n in scores if n != base}
     return {
         "settings": OmegaConf.to_container(cfg, resolve=True),
         "baseline": base,

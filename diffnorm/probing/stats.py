@@ -47,3 +47,20 @@ def localization_distance(mask: np.ndarray) -> int:
         return int(misses[0]) if len(misses) else length
 
     return min(run(mask), run(mask[::-1]), (length + 1) // 2)
+
+
+def welch_difference(a: list[float] | np.ndarray, b: list[float] | np.ndarray, confidence: float = 0.95
+                     ) -> dict[str, float]:
+    """Difference of means a - b with Welch's confidence interval and two-sided p-value.
+
+    Shared by the jobs that compare norms (episodes or seeds as samples). Two constant samples give a
+    zero-width interval at their difference and p = nan rather than scipy's warning and nan interval.
+    """
+    a, b = np.asarray(a, float), np.asarray(b, float)
+    if a.std() == 0 and b.std() == 0:
+        diff = float(a.mean() - b.mean())
+        return {"difference": diff, "ci_low": diff, "ci_high": diff, "p_value": float("nan")}
+    test = ttest_ind(a, b, equal_var=False)
+    ci = test.confidence_interval(confidence)
+    return {"difference": float(a.mean() - b.mean()), "ci_low": float(ci.low), "ci_high": float(ci.high),
+            "p_value": float(test.pvalue)}
