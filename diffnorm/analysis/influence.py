@@ -17,8 +17,9 @@ module measures that coupling for the Diffuser's U-Net:
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -132,13 +133,28 @@ def influence_map(model: nn.Module, x: torch.Tensor, t: torch.Tensor, rows: Sequ
     index = torch.arange(length) if rows is None else torch.as_tensor(list(rows), dtype=torch.long)
     require(bool(((index >= 0) & (index < length)).all()), f"rows must lie in [0, {length})")
     total = torch.zeros(len(index), length, dtype=x.dtype)
-    for xi, ti in zip(x, t):  # samples one by one bounds memory; positions are vectorized by jacrev
-        def selected(inp: torch.Tensor, ti: torch.Tensor = ti) -> torch.Tensor:
-            return model(inp[None], ti[None])[0, index]
+    with _frozen(model):
+        for xi, ti in zip(x, t):  # samples one by one bound memory; positions are vectorized by jacrev
+            def selected(inp: torch.Tensor, ti: torch.Tensor = ti) -> torch.Tensor:
+                return model(inp[None], ti[None])[0, index]
 
-        jac = jacrev(selected, chunk_size=chunk_size)(xi)  # [R, D, H, D]
-        total += jac.detach().abs().mean(dim=(1, 3)).to(total.dtype).cpu()
+            jac = jacrev(selected, chunk_size=chunk_size)(xi)  # [R, D, H, D]
+            total += jac.detach().abs().mean(dim=(1, 3)).to(total.dtype).cpu()
     return total / len(x)
+
+
+@contextlib.contextmanager
+def _frozen(model: nn.Module) -> Iterator[None]:
+    """Parameters out of autograd for the duration: with them in, the vmapped backward also carries
+    per-cotangent weight gradients, about 4x the memory (2 GB instead of 0.5 GB at H = 384)."""
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    for p, _ in flags:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p, flag in flags:
+            p.requires_grad_(flag)
 
 
 def beyond_fraction(influence: torch.Tensor | np.ndarray, mask: np.ndarray) -> float:

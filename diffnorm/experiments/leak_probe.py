@@ -210,7 +210,7 @@ def _activations(model: torch.nn.Module, sites: list[str], x: torch.Tensor, t: t
             model(x[start:start + batch_size], t[start:start + batch_size])
             for s in sites:
                 chunks[s].append(acts[s].float())
-    return [torch.cat(chunks[s]) for s in sites]
+    return [torch.cat(chunks.pop(s)) for s in sites]  # pop: one site's chunks and its copy at a time
 
 
 def _probe_inputs(diffusion: GaussianDiffusion, dataset: Any, n: int, cfg: DictConfig, seed: int,

@@ -92,14 +92,16 @@ class SiteProbes:
 
 def localize_sites(train: Sequence[torch.Tensor], test: Sequence[torch.Tensor],
                    target: Callable[[int], torch.Tensor], alpha: float, steps: int, hidden: int,
-                   batch_size: int, lr: float, seed: int, periods: Sequence[int] | None = None
-                   ) -> list[np.ndarray]:
+                   batch_size: int, lr: float, seed: int, periods: Sequence[int] | None = None,
+                   predict_batch: int = 64) -> list[np.ndarray]:
     """bool[T_s] per site: the indices a probe on that site localizes (Definition 2.3).
 
     ``train`` and ``test`` hold one activation [N, C_s, T_s] per site. Probes read one time column and
     regress ``target(T_s)`` at its index. Sites of equal length share one batched ``SiteProbes``; a
     U-Net's levels have different lengths, so each length gets its own (seeded ``seed + k``).
     ``periods[s]`` is the neighbour distance of the Welch test for site s (``localized_indices``).
+    Test predictions are made ``predict_batch`` samples at a time (the padded columns of all test
+    samples at once would need several times the activations' memory).
     """
     if len(train) != len(test):
         raise ValueError(f"{len(train)} training but {len(test)} test activations")
@@ -110,7 +112,9 @@ def localize_sites(train: Sequence[torch.Tensor], test: Sequence[torch.Tensor],
         group = [i for i, a in enumerate(train) if a.shape[2] == length]
         probes = SiteProbes([train[i].shape[1] for i in group], hidden=hidden, seed=seed + k)
         probes.fit([train[i] for i in group], target(length), steps=steps, batch_size=batch_size, lr=lr)
-        preds = probes.predict([test[i] for i in group]).numpy()
+        n_test = test[group[0]].shape[0]
+        preds = torch.cat([probes.predict([test[i][start:start + predict_batch] for i in group])
+                           for start in range(0, n_test, predict_batch)], dim=1).numpy()
         for i, p in zip(group, preds):
             masks[i] = localized_indices(p, alpha, period=periods[i])
     return masks
