@@ -37,7 +37,7 @@ from diffnorm.training.checkpoint import load_checkpoint
 
 log = logging.getLogger(__name__)
 
-# Per-seed numbers compared across norms: (key, label, higher is better).
+# Per-seed numbers compared across norms: (key in each run's metrics, what it measures).
 METRICS = (("success_rate", "success rate (goal reached at any step)"),
            ("success_rate_final", "success rate (at the last step)"),
            ("score_mean", "D4RL-normalized score"),
