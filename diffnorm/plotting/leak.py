@@ -35,7 +35,8 @@ def influence_heatmaps(measured: dict[str, dict[str, Any]], left: int, right: in
     """Mean |d out_i / d in_j| per (output i, input j), log colour; the band between the dashed lines is
     the receptive field, white means exactly zero."""
     vmin, vmax = _floor(measured)
-    fig, axes = plt.subplots(1, len(measured), figsize=(4.2 * len(measured), 4.0), squeeze=False)
+    fig, axes = plt.subplots(1, len(measured), figsize=(3.6 * len(measured) + 1.2, 4.0), squeeze=False,
+                             sharey=True, layout="constrained")
     for ax, (label, m) in zip(axes[0], measured.items()):
         imap, rows = np.asarray(m["influence"]["map"]), np.asarray(m["influence"]["rows"])
         length = imap.shape[1]
@@ -49,9 +50,9 @@ def influence_heatmaps(measured: dict[str, dict[str, Any]], left: int, right: in
         ax.set_xlim(-0.5, length - 0.5)
         ax.set_ylim(-0.5, length - 0.5)
         ax.set_xlabel("input index j")
-        ax.set_ylabel("output index i")
         ax.set_title(f"{label}\nbeyond RF: {m['influence']['beyond_rf_fraction']:.2%} of the mass", fontsize=9)
-    fig.colorbar(image, ax=axes[0].tolist(), shrink=0.8, label="mean |d out_i / d in_j|")
+    axes[0, 0].set_ylabel("output index i")
+    fig.colorbar(image, ax=axes[0].tolist(), shrink=0.9, label="mean |d out_i / d in_j| (white: exactly 0)")
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
@@ -83,8 +84,8 @@ def probe_localization(measured: dict[str, dict[str, Any]], sites: Sequence[str]
                        length: int, path: Path) -> Path:
     """Site x plan index, black where a probe on that site localizes the index (Definition 2.3). Coarse
     sites are drawn at their input positions; between the dashed lines an index sees neither end."""
-    fig, axes = plt.subplots(1, len(measured), figsize=(4.5 * len(measured), 0.16 * len(sites) + 2.0),
-                             squeeze=False)
+    fig, axes = plt.subplots(1, len(measured), figsize=(3.6 * len(measured) + 1.2, 0.16 * len(sites) + 2.0),
+                             squeeze=False, sharey=True)
     for ax, (label, m) in zip(axes[0], measured.items()):
         grid = np.zeros((len(sites), length))
         for row, (site, mask) in enumerate(zip(sites, m["probes"]["masks"])):
@@ -94,10 +95,10 @@ def probe_localization(measured: dict[str, dict[str, Any]], sites: Sequence[str]
                   extent=(-0.5, length - 0.5, len(sites) - 0.5, -0.5))
         for x in (left + 0.5, length - 1.5 - right):
             ax.axvline(x, color="tab:red", linestyle="--", lw=1)
-        ax.set_yticks(range(len(sites)))
-        ax.set_yticklabels(sites, fontsize=5)
         ax.set_xlabel("plan index")
         ax.set_title(f"{label}: {m['probes']['localized_beyond_rf']} localized beyond the RF", fontsize=9)
+    axes[0, 0].set_yticks(range(len(sites)))
+    axes[0, 0].set_yticklabels(sites, fontsize=5)
     return _save(fig, path)
 
 
