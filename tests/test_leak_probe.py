@@ -139,3 +139,21 @@ def test_checkpoints_of_different_horizons_are_refused(smoke, tmp_path):
     train_diffuser(_compose_training([*TRAIN, "env.horizon=128", "norm=none", f"data_dir={data_dir}"]), other)
     with pytest.raises(ConfigError, match="different horizons"):
         leak_probe(compose(f"checkpoints=[{trained},{other}]"), tmp_path / "out")
+
+
+def test_measuring_at_another_horizon(smoke, tmp_path):
+    """horizon= runs the fully convolutional nets on longer windows than they were trained on: the
+    interior beyond the receptive field grows with it, and its zeros for `none` stay exact."""
+    from diffnorm.experiments.leak_probe import leak_probe
+
+    run_dir, _ = smoke
+    checkpoints = f"checkpoints=[{run_dir / 'train' / 'group'},{run_dir / 'train' / 'none'}]"
+    res = leak_probe(compose(checkpoints, "horizon=128", *SMALL, "influence.t_fractions=[1.0]",
+                             "leakage.t_fractions=[1.0]", "probe.sites=[final_block]"), tmp_path / "h128")
+    none, group = res["models"]["none"], res["models"]["group (groups=8)"]
+    assert (none["horizon"], none["trained_horizon"]) == (128, 96)
+    assert none["probes"]["sites"]["final_block"]["beyond_rf"] == 128 - 2 - 33 - 32
+    assert none["influence"]["beyond_rf_fraction"] == 0.0 < group["influence"]["beyond_rf_fraction"]
+    assert np.load(tmp_path / "h128" / "arrays.npz")["none/influence_map"].shape[1] == 128
+    with pytest.raises(ConfigError, match="horizon=129 must be a positive multiple of 2"):
+        leak_probe(compose(checkpoints, "horizon=129"), tmp_path / "bad")

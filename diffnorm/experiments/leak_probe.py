@@ -130,6 +130,17 @@ def _check_sites(model: torch.nn.Module, sites: Any) -> list[str]:
     return names
 
 
+def _evaluate_at(loaded: LoadedDiffuser, horizon: int) -> None:
+    """Measure at another plan length than the one trained: the U-Net is fully convolutional, so a
+    net trained on short windows (umaze, H = 128 < its receptive field) can be run on windows long
+    enough to have indices beyond the receptive field; data windows of that length are cut anew."""
+    multiple = int(getattr(loaded.diffusion.model, "length_multiple", 1))
+    require(horizon >= multiple and horizon % multiple == 0,
+            f"horizon={horizon} must be a positive multiple of {multiple} (the U-Net's length multiple)")
+    OmegaConf.update(loaded.cfg, "env.horizon", horizon)
+    loaded.diffusion.horizon = horizon
+
+
 # ------------------------------------------------------------------------------------------------ inputs
 
 def _dataset(loaded: LoadedDiffuser) -> Any:
@@ -347,6 +358,7 @@ def analyse(loaded: LoadedDiffuser, cfg: DictConfig, sites: list[str], dtype: to
              loaded.cfg.norm.name, influence["beyond_rf_fraction"], probes["localized_beyond_rf"],
              leakage.get("goal", {}).get("one_pass_max_beyond_rf", float("nan")), timings)
     return {"checkpoint": loaded.path, "step": loaded.step, "env": str(loaded.cfg.env.name), "horizon": length,
+            "trained_horizon": int(getattr(model, "horizon", length)),
             "n_diffusion_steps": diffusion.n_diffusion_steps,
             "norm": OmegaConf.to_container(loaded.cfg.norm, resolve=True), "receptive_field": [left, right],
             "influence": influence, "probes": probes, "leakage": leakage, "timings": timings}
@@ -419,6 +431,9 @@ def leak_probe(cfg: DictConfig, out: Path) -> dict[str, Any]:
         loaded = [load_checkpoint(run, "cpu") for run in _train_quick(cfg, out)]
         train_s = time.perf_counter() - t0
         start_cpu += time.process_time() - cpu0  # the probe run's CPU time excludes training
+    if cfg.horizon is not None:
+        for m in loaded:
+            _evaluate_at(m, int(cfg.horizon))
     horizons = {int(m.cfg.env.horizon) for m in loaded}
     require(len(horizons) == 1, f"the checkpoints plan different horizons {sorted(horizons)}; compare "
             "models of one maze per run")

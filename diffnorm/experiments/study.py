@@ -88,7 +88,8 @@ def summarize(cfg: DictConfig, data: dict, toy: dict, trained: dict, leak: dict,
         "toy": toy["norms"],
         "training": {n: {k: t.get(k) for k in ("final_loss", "steps", "wall_time_s") if k in t}
                      for n, t in trained.items()},
-        "leak": {"receptive_field": leak["receptive_field"], "comparison": leak["comparison"]},
+        "leak": {"receptive_field": leak["receptive_field"], "comparison": leak["comparison"],
+                 **{k: next(iter(leak["models"].values()))[k] for k in ("horizon", "trained_horizon")}},
         "planning": {n: {k: p[k] for k in ("episodes", "score_mean", "score_sem", "success_rate",
                                            "plan_in_wall_fraction")} for n, p in planned.items()},
         "score_difference_vs_baseline": comparisons,
@@ -125,8 +126,13 @@ def write_report(path: Path, r: dict[str, Any], out: Path) -> Path:
     for n, row in leak.items():
         lines.append(f"| {n} | {_fmt(row['beyond_rf_influence_fraction'])} | {row['localized_beyond_rf']} | "
                      f"{_fmt(row.get('goal_one_pass_max_beyond_rf', 0.0))} | {_fmt(row.get('goal_chain_mean_beyond_rf', 0.0))} |")
-    rf = r["leak"]["receptive_field"]
-    lines += ["", f"Receptive field of one forward pass: left {rf['left']}, right {rf['right']}.", "",
+    rf, h = r["leak"]["receptive_field"], r["leak"]["horizon"]
+    first, last = rf["left"] + 1, h - 2 - rf["right"]
+    blind = (f"indices {first}..{last} see neither the start nor the goal in one forward pass" if last >= first
+             else "every index sees the start or the goal in one forward pass, so nothing lies beyond it")
+    lines += ["", f"Receptive field of one forward pass: left {rf['left']}, right {rf['right']}. Measured on plans "
+              f"of H = {h} (the planners were trained at H = {r['leak']['trained_horizon']}; the U-Net is fully "
+              f"convolutional): {blind}.", "",
               "## Planning rollouts", "", "| norm | episodes | score (mean ± s.e.) | success | planned states in walls |",
               "|---|---|---|---|---|"]
     for n, p in r["planning"].items():
