@@ -107,6 +107,15 @@ def make_ogbench_env(maze: str, **kwargs):
     return env
 
 
+def ogbench_maze_of(env_cfg: Any) -> str:
+    """The maze2d name of an env config with an ``ogbench`` block (configs/env/ogbench_*.yaml), after
+    checking that its OGBench id is that maze's twin."""
+    maze, og_env = str(env_cfg["name"]), str(env_cfg["ogbench"]["env"])
+    require(OGBENCH_ENVS.get(maze) == og_env, f"env.ogbench.env={og_env} is not the OGBench twin of {maze}; "
+            f"the twins are {OGBENCH_ENVS}")
+    return maze
+
+
 @contextlib.contextmanager
 def _numpy_global_seed(seed: int) -> Iterator[None]:
     """OGBench draws start and goal noise from numpy's global generator: seed it, then restore it."""
@@ -247,15 +256,20 @@ def kinematic_action(target_xy: np.ndarray, xy: np.ndarray) -> np.ndarray:
 
 
 def evaluate_ogbench(policy: Policy, maze: str, episodes_per_task: int = 1, seed: int = 0,
-                     task_ids: list[int] | None = None, keep_paths: bool = False) -> dict[str, Any]:
+                     task_ids: list[int] | None = None, keep_paths: bool = False, max_steps: int | None = None
+                     ) -> dict[str, Any]:
     """Success of ``policy`` on OGBench's fixed tasks of ``maze``, scored by the env's ``info["success"]``.
 
-    All episodes (``episodes_per_task`` per task, tasks 1..5 by default) step in lockstep, one env each,
-    so ``policy`` sees every unfinished episode's position and goal at once ([N, 2] each, D4RL frame) and
-    returns their actions; an episode stops when the env ends it (goal reached, or its 1000-step limit).
-    Start and goal noise come from OGBench's own draws, seeded by ``seed``.
+    All episodes (``episodes_per_task`` per task, tasks 1..5 by default, task-major) step in lockstep, one
+    env each. ``policy`` sees every episode's position and goal at once ([N, 2] each, D4RL frame, rows in
+    a fixed order, so a plan follower can keep per-episode state) and returns their actions; the actions
+    of episodes that have ended are discarded. An episode stops when the env ends it: goal reached, or its
+    time limit (OGBench's 1000 steps; ``max_steps`` shortens it, e.g. for tests). Start and goal noise
+    come from OGBench's own draws, seeded by ``seed``.
     """
     require(int(episodes_per_task) >= 1, f"episodes_per_task={episodes_per_task} must be positive")
+    require(max_steps is None or int(max_steps) >= 1, f"max_steps={max_steps} must be null or positive")
+    limit = {} if max_steps is None else {"max_episode_steps": int(max_steps)}
     frame = OGBenchFrame()
     probe = make_ogbench_env(maze)
     num_tasks, infos = probe.unwrapped.num_tasks, probe.unwrapped.task_infos
@@ -263,7 +277,7 @@ def evaluate_ogbench(policy: Policy, maze: str, episodes_per_task: int = 1, seed
     task_ids = list(range(1, num_tasks + 1)) if task_ids is None else [int(t) for t in task_ids]
     require(all(1 <= t <= num_tasks for t in task_ids), f"task_ids={task_ids} must lie in [1, {num_tasks}]")
     runs = [t for t in task_ids for _ in range(int(episodes_per_task))]
-    envs = [make_ogbench_env(maze) for _ in runs]
+    envs = [make_ogbench_env(maze, **limit) for _ in runs]
     xy, goal = np.zeros((len(runs), 2)), np.zeros((len(runs), 2))
     with _numpy_global_seed(int(seed)):
         for k, (env, task_id) in enumerate(zip(envs, runs)):
@@ -274,11 +288,11 @@ def evaluate_ogbench(policy: Policy, maze: str, episodes_per_task: int = 1, seed
         success, steps = np.zeros(len(runs), dtype=bool), np.zeros(len(runs), dtype=np.int64)
         paths = [[xy[k].copy()] for k in range(len(runs))] if keep_paths else []
         while active.any():
+            actions = np.asarray(policy(xy.copy(), goal.copy()), dtype=np.float64)
+            require(actions.shape == (len(runs), 2), f"the policy returned {actions.shape}, expected "
+                    f"[{len(runs)}, 2]")
             index = np.flatnonzero(active)
-            actions = np.asarray(policy(xy[index].copy(), goal[index].copy()), dtype=np.float64)
-            require(actions.shape == (len(index), 2), f"the policy returned {actions.shape}, expected "
-                    f"[{len(index)}, 2]")
-            for k, action in zip(index, frame.action_from_d4rl(actions)):
+            for k, action in zip(index, frame.action_from_d4rl(actions[index])):
                 ob, _, terminated, truncated, info = envs[k].step(action)
                 xy[k] = frame.point_to_d4rl(ob)
                 steps[k] += 1
@@ -299,7 +313,8 @@ def evaluate_ogbench(policy: Policy, maze: str, episodes_per_task: int = 1, seed
                          "bfs_distance": int(bfs_distances(maze, start_cell)[goal_cell]),
                          "success_rate": float(success[mine].mean()), "successes": success[mine].tolist(),
                          "steps": steps[mine].tolist()})
-    result = {"env": OGBENCH_ENVS[maze], "maze": maze, "episodes": len(runs), "seed": int(seed),
+    result = {"env": OGBENCH_ENVS[maze], "maze": maze, "episodes": len(runs), "seed": int(seed), "task_ids": runs,
+              "goals": goal.tolist(),
               "success_rate": float(success.mean()), "tasks": per_task}
     if keep_paths:
         result["paths"] = [np.asarray(p) for p in paths]

@@ -60,6 +60,13 @@ def load_training_data(cfg: DictConfig, scaler: TrajectoryScaler | None = None) 
     if cfg.dataset is not None:
         path = Path(str(cfg.dataset))
         require(path.is_file(), f"dataset={path} does not exist")
+    elif OmegaConf.select(cfg, "env.ogbench") is not None:  # OGBench's stitch recipe in its own env
+        from diffnorm.envs.ogbench_maze import ensure_ogbench_stitch_dataset, ogbench_maze_of
+
+        og = cfg.env.ogbench
+        path = ensure_ogbench_stitch_dataset(ogbench_maze_of(cfg.env), int(og.episodes), int(og.episode_steps),
+                                             seed=int(og.data_seed), data_dir=str(cfg.data_dir),
+                                             progress=bool(cfg.train.progress))
     else:
         require(int(cfg.env.dataset_steps) > 0, f"env.dataset_steps={cfg.env.dataset_steps} must be positive")
         path = ensure_dataset(str(cfg.env.name), int(cfg.env.dataset_steps), int(cfg.data_seed),

@@ -1,13 +1,18 @@
 """Stitching study (issue 6): ``stitching_study(cfg, out)`` trains one Diffuser per norm x seed on a maze's
 stitch dataset and evaluates each on the maze's stitch tasks.
 
+With an OGBench env (``env=ogbench_pointmaze_medium``: an env config with an ``ogbench`` block) the data
+is OGBench's pointmaze stitch recipe in its own env, and the tasks and the success check are OGBench's
+(``evaluate_on_ogbench_tasks``: its 5 fixed tasks, ``info["success"]``, plans followed by the kinematic
+``PlanFollower``); everything else (per-seed metrics, Welch comparison, figures) is shared.
+
 Stitch data holds only short episodes (<= 4 BFS steps) and no episode comes near both ends of a task, so a
 plan that reaches the goal must be composed from pieces of several episodes: the temporal compositionality
 that a limited receptive field is meant to give and that GroupNorm's leakage might hurt. Seeds are the
 unit of replication: each norm's per-seed numbers are compared with the baseline norm's by Welch's test.
 
 Run directory: ``runs/<norm>/seed<k>/`` (a train_diffuser run + ``stitch_eval.json`` + ``stitch_rollouts.npz``),
-``plans_<norm>.png``, ``success.png``, ``plan_quality.png`` and ``results.json``.
+``plans_<norm>.png``, ``success.png``, ``success_per_task.png``, ``plan_quality.png`` and ``results.json``.
 """
 
 from __future__ import annotations
@@ -25,13 +30,15 @@ from scipy import stats
 
 from diffnorm.data.d4rl_format import read_attrs
 from diffnorm.data.generate import ensure_stitch_dataset, stitch_task_cells, stitch_tasks
-from diffnorm.envs.maze2d import make_env, maze_spec, xy_to_cell
+from diffnorm.envs.maze2d import in_wall, make_env, maze_spec, xy_to_cell
+from diffnorm.envs.ogbench_maze import ensure_ogbench_stitch_dataset, ogbench_maze_of
 from diffnorm.experiments.common import compose_job, require, resolve_device, write_results
 from diffnorm.experiments.parallel import map_trials
 from diffnorm.models.norms import NORM_LAYERS
+from diffnorm.planning.kinematic import evaluate_ogbench_planner, plans_in_wall_fraction
 from diffnorm.planning.rollout import evaluate_planner
 from diffnorm.plotting.planning import episode_grid
-from diffnorm.plotting.stitching import norm_bars
+from diffnorm.plotting.stitching import norm_bars, task_bars
 from diffnorm.probing.stats import welch_difference
 from diffnorm.training.checkpoint import load_checkpoint
 
@@ -125,9 +132,74 @@ def evaluate_on_tasks(run: Path, maze: str, episodes_per_task: int, seed: int, m
     return metrics, arrays
 
 
+def evaluate_on_ogbench_tasks(run: Path, maze: str, episodes_per_task: int, seed: int, max_steps: int | None,
+                              replan_every: int | None, device: str = "cpu"
+                              ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """Run OGBench's fixed tasks of ``maze`` ``episodes_per_task`` times each with the run's EMA model,
+    scored by OGBench's own ``info["success"]``; (metrics, arrays) shaped as ``evaluate_on_tasks``'s.
+
+    An episode ends at the goal, so success at any step and at the last step coincide and only
+    ``success_rate`` is reported; OGBench has no D4RL score. The plan measures use the t = 0 plan."""
+    loaded = load_checkpoint(run, resolve_device(device))
+    tic = time.perf_counter()
+    ev = evaluate_ogbench_planner(loaded, maze, episodes_per_task=episodes_per_task, seed=seed,
+                                  replan_every=replan_every, max_steps=max_steps)
+    seconds = time.perf_counter() - tic
+    res = ev.result
+    steps = np.array([n for t in res["tasks"] for n in t["steps"]])
+    success = np.array([v for t in res["tasks"] for v in t["successes"]])
+    walls = plans_in_wall_fraction(maze, ev.plans, ev.plan_steps, steps)
+    first = ev.plans[0]
+    step_len = np.linalg.norm(np.diff(first, axis=1), axis=-1)
+    per_episode = []
+    for k in range(len(steps)):
+        task = k // episodes_per_task
+        row = res["tasks"][task]
+        path = plan_path_stats(maze, first[k], tuple(row["goal_cell"]), row["bfs_distance"])
+        per_episode.append({"task": task, "task_id": row["task_id"], "success": bool(success[k]), "steps": int(steps[k]),
+                            "first_step_in_goal": int(steps[k]) if success[k] else None,
+                            "plan_in_wall_fraction": float(walls[k]), **path})
+    per_task = []
+    for task, row in enumerate(res["tasks"]):
+        rows = [e for e in per_episode if e["task"] == task]
+        per_task.append({"task_id": row["task_id"], "task_name": row["task_name"], "start_cell": row["start_cell"],
+                         "goal_cell": row["goal_cell"], "bfs_distance": row["bfs_distance"], "episodes": len(rows),
+                         "success_rate": row["success_rate"],
+                         "plan_in_wall_fraction": float(np.mean([e["plan_in_wall_fraction"] for e in rows])),
+                         "plan_connected": float(np.mean([e["plan_connected"] for e in rows])),
+                         "plan_cell_moves_mean": float(np.mean([e["plan_cell_moves"] for e in rows])),
+                         "plan_to_bfs_ratio": float(np.mean([e["plan_to_bfs_ratio"] for e in rows])),
+                         "rollout_steps_to_goal": _mean_or_none([e["first_step_in_goal"] for e in rows])})
+    metrics = {
+        "checkpoint_step": loaded.step, "benchmark": res["env"], "episodes": len(steps), "steps": int(steps.max()),
+        "replan_every": replan_every, "score_applies": False, "success_rate": res["success_rate"],
+        "success_rate_final": None, "score_mean": None, "score_sem": None,
+        "plan_in_wall_fraction": float(walls.mean()),
+        "plans_touching_walls": float(in_wall(maze, first).any(axis=-1).mean()),
+        "plan_connected": float(np.mean([e["plan_connected"] for e in per_episode])),
+        "plan_cell_moves_mean": float(np.mean([e["plan_cell_moves"] for e in per_episode])),
+        "plan_to_bfs_ratio": float(np.mean([e["plan_to_bfs_ratio"] for e in per_episode])),
+        "plan_goal_jump_mean": float(step_len[:, -1].mean()), "plan_step_median": float(np.median(step_len)),
+        "plan_rounds": len(ev.plans), "planning_seconds": round(ev.planning_seconds, 3),
+        "rollout_seconds": round(seconds, 3), "per_task": per_task, "per_episode": per_episode,
+    }
+    # Paths end at different steps (at the goal): pad each with its last position; plans made after an
+    # episode ended are NaN, so figures draw only the plans it followed.
+    length = max(len(p) for p in res["paths"])
+    states = np.stack([np.concatenate([p, np.repeat(p[-1:], length - len(p), axis=0)]) for p in res["paths"]])
+    replans = np.stack(ev.plans).astype(np.float32)
+    for r, t in enumerate(ev.plan_steps):
+        replans[r, steps <= t] = np.nan
+    arrays = {"plans_xy": first.astype(np.float32), "replans_xy": replans, "states_xy": states.astype(np.float32),
+              "goals": np.asarray(res["goals"]), "success": success}
+    return metrics, arrays
+
+
 def run_trial(overrides: list[str], run: str, maze: str, episodes_per_task: int, eval_seed: int,
-              max_steps: int | None, replan_every: int | None, device: str) -> dict[str, Any]:
-    """Train (or reuse) one planner and evaluate it on the stitch tasks; top-level for worker processes.
+              max_steps: int | None, replan_every: int | None, device: str, benchmark: str = "maze2d"
+              ) -> dict[str, Any]:
+    """Train (or reuse) one planner and evaluate it on the stitch tasks (``benchmark``: maze2d = ours,
+    ogbench = OGBench's); top-level for worker processes.
 
     A run is reused when it finished (results.json and weights present) with the same overrides."""
     from diffnorm.experiments.diffuser import train_diffuser
@@ -143,7 +215,8 @@ def run_trial(overrides: list[str], run: str, maze: str, episodes_per_task: int,
         marker.unlink(missing_ok=True)
         training = train_diffuser(compose_job("train_diffuser", overrides), out)
         marker.write_text(json.dumps(overrides))
-    metrics, arrays = evaluate_on_tasks(out, maze, episodes_per_task, eval_seed, max_steps, replan_every, device)
+    evaluate = evaluate_on_ogbench_tasks if benchmark == "ogbench" else evaluate_on_tasks
+    metrics, arrays = evaluate(out, maze, episodes_per_task, eval_seed, max_steps, replan_every, device)
     np.savez_compressed(out / "stitch_rollouts.npz", **arrays)
     (out / "stitch_eval.json").write_text(json.dumps(metrics, indent=2) + "\n")
     return {"training": {"reused": reused, **{k: training.get(k) for k in ("final_loss", "steps", "wall_time_s",
@@ -178,6 +251,25 @@ def _seed_interval(values: list[float], confidence: float = 0.95) -> dict[str, A
     return {"mean": mean, "ci_low": mean - half, "ci_high": mean + half, "seeds": len(x)}
 
 
+def summarize_tasks(runs: dict[str, dict[int, dict[str, Any]]], baseline: str) -> list[dict[str, Any]]:
+    """Per task (rows of each run's ``per_task``, same order for every run): its cells and BFS distance,
+    per norm the success rate's seed values, mean and 95% t-interval, and per non-baseline norm the Welch
+    difference from the baseline across seeds."""
+    first = next(iter(next(iter(runs.values())).values()))["per_task"]
+    rows = []
+    for k, task in enumerate(first):
+        row = {"task_index": k, **{key: task[key] for key in ("task_id", "task_name", "start_cell", "goal_cell",
+                                                              "bfs_distance") if key in task}}
+        row["success_rate"] = {n: {"per_seed": [by[s]["per_task"][k]["success_rate"] for s in by],
+                                   **_seed_interval([by[s]["per_task"][k]["success_rate"] for s in by])}
+                               for n, by in runs.items()}
+        row["comparison_vs_baseline"] = {
+            n: welch_difference(row["success_rate"][n]["per_seed"], row["success_rate"][baseline]["per_seed"])
+            for n in runs if n != baseline}
+        rows.append(row)
+    return rows
+
+
 def summarize(runs: dict[str, dict[int, dict[str, Any]]], baseline: str) -> tuple[dict, dict]:
     """(per norm and metric: seed values, mean and 95% t-interval; per non-baseline norm and metric: the
     Welch difference from the baseline across seeds). Metrics that are None for a seed leave it out."""
@@ -198,28 +290,82 @@ def summarize(runs: dict[str, dict[int, dict[str, Any]]], baseline: str) -> tupl
     return summary, comparisons
 
 
-def _figures(out: Path, maze: str, norms: list[str], seed: int, runs_dir: Path, summary: dict, baseline: str,
-             plot_tasks: int, episodes_per_task: int) -> dict[str, Path]:
+def _task_label(task: dict[str, Any]) -> str:
+    name = f"task {task['task_id'] if 'task_id' in task else task['task_index']}"
+    return f"{name}: {tuple(task['start_cell'])}->{tuple(task['goal_cell'])} (BFS {task['bfs_distance']})"
+
+
+def _figures(out: Path, title: str, maze: str, norms: list[str], seed: int, runs_dir: Path, summary: dict,
+             task_summary: list[dict[str, Any]], baseline: str, plot_tasks: int, episodes_per_task: int
+             ) -> dict[str, Path]:
     files: dict[str, Path] = {}
-    tasks = stitch_task_cells(maze)
-    picks = [t * episodes_per_task for t in range(min(plot_tasks, len(tasks)))]
+    picks = [t * episodes_per_task for t in range(min(plot_tasks, len(task_summary)))]
     for n in norms:
         arrays = np.load(runs_dir / n / f"seed{seed}" / "stitch_rollouts.npz")
-        labels = [f"task {k // episodes_per_task}: {tasks[k // episodes_per_task][0]}->"
-                  f"{tasks[k // episodes_per_task][1]} (BFS {tasks[k // episodes_per_task][2]}), "
+        labels = [f"{_task_label(task_summary[k // episodes_per_task])}, "
                   f"{'reached' if arrays['success'][k] else 'missed'}" for k in picks]
+        replans = arrays["replans_xy"][1:, picks] if "replans_xy" in arrays.files else None
         files[f"plans_{n}_png"] = episode_grid(
             out / f"plans_{n}.png", maze, arrays["plans_xy"][picks], arrays["states_xy"][picks], arrays["goals"][picks],
-            labels, title=f"{maze} stitch tasks, norm={n}, seed {seed}: t = 0 plan and rollout",
+            labels, replans_xy=replans, title=f"{title}, norm={n}, seed {seed}: t = 0 plan"
+            f"{', later plans (grey)' if replans is not None else ''} and rollout",
             max_panels=len(picks), columns=min(len(picks), 3))
     files["success_png"] = norm_bars(out / "success.png", summary, [("success_rate", "success rate")], baseline,
-                                     title=f"{maze} stitch tasks: success per norm (mean over seeds, 95% CI)")
+                                     title=f"{title}: success per norm (mean over seeds, 95% CI)")
+    files["success_per_task_png"] = task_bars(
+        out / "success_per_task.png", [_task_label(t) for t in task_summary],
+        [t["success_rate"] for t in task_summary], baseline,
+        title=f"{title}: success per task and norm (mean over seeds, 95% CI)")
     files["plan_quality_png"] = norm_bars(
         out / "plan_quality.png", summary,
         [("plan_in_wall_fraction", "planned states in walls"), ("plan_connected", "plans connected to the goal"),
          ("plan_to_bfs_ratio", "plan cell moves / BFS")], baseline,
-        title=f"{maze} stitch tasks: plan quality per norm (mean over seeds, 95% CI)")
+        title=f"{title}: plan quality per norm (mean over seeds, 95% CI)")
     return files
+
+
+def env_option(cfg: DictConfig) -> str:
+    """The study's env config option (``env=<option>``), which every training is composed with.
+
+    Inside a Hydra run it is Hydra's recorded choice. A config composed outside one (tests, workers) does
+    not record it; there the configs' naming rule gives it back: maze2d-<maze> is ``maze2d_<maze>``, an
+    OGBench twin ``ogbench_<its id without -v0>``."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if HydraConfig.initialized():
+        return str(HydraConfig.get().runtime.choices["env"])
+    og = OmegaConf.select(cfg, "env.ogbench")
+    name = str(cfg.env.name) if og is None else "ogbench_" + str(og.env).removesuffix("-v0")
+    return name.replace("-", "_")
+
+
+def _stitch_data(cfg: DictConfig, probe: DictConfig, data_dir: str) -> tuple[Path, dict[str, Any]]:
+    """The study's stitch file (generated and cached on first use) and its description for results.json:
+    diffnorm's stitch recipe in maze2d, or OGBench's in its own env when the env config has ``ogbench``."""
+    maze, horizon = str(probe.env.name), int(probe.env.horizon)
+    og = OmegaConf.select(probe, "env.ogbench")
+    default_steps = horizon if og is None else int(og.episode_steps)
+    episode_steps = default_steps if cfg.stitch.episode_steps is None else int(cfg.stitch.episode_steps)
+    require(episode_steps >= horizon, f"stitch.episode_steps={episode_steps} is shorter than the training horizon "
+            f"{horizon}: no episode would give a training window")
+    if og is None:
+        path = ensure_stitch_dataset(maze, episode_steps, int(cfg.stitch.episodes), seed=int(cfg.stitch.seed),
+                                     data_dir=data_dir, progress=False).resolve()
+        attrs = read_attrs(path)
+        check, passed = json.loads(attrs["stitch_check_json"]), bool(attrs["stitch_check_passed"])
+    else:
+        path = ensure_ogbench_stitch_dataset(ogbench_maze_of(probe.env), int(cfg.stitch.episodes), episode_steps,
+                                             seed=int(cfg.stitch.seed), data_dir=data_dir, progress=False).resolve()
+        attrs = read_attrs(path)
+        # Recorded, not enforced: it is OGBench's recipe, and its medium task 3 is short enough to be covered.
+        check = json.loads(attrs["stitch_checks_json"])["ogbench_tasks"]
+        passed = bool(attrs["stitch_check_ogbench_tasks_passed"])
+    info = {"path": path, "recipe": "ogbench" if og is not None else "diffnorm", "episodes": int(attrs["episodes"]),
+            "episode_steps": int(attrs["episode_steps"]), "travel_cells": int(attrs["travel_cells"]),
+            "stitch_check_passed": passed,
+            "tasks": [{k: t[k] for k in ("start_cell", "goal_cell", "bfs_distance", "violations",
+                                         "closest_approach_cells")} for t in check["tasks"]]}
+    return path, info
 
 
 def stitching_study(cfg: DictConfig, out: Path) -> dict[str, Any]:
@@ -230,30 +376,29 @@ def stitching_study(cfg: DictConfig, out: Path) -> dict[str, Any]:
     start = time.perf_counter()
     norms, seeds = _validate(cfg)
     out.mkdir(parents=True, exist_ok=True)
-    env_override = [f"env={cfg.env}"]
+    env_override = [f"env={env_option(cfg)}"]
     train_overrides = [str(o) for o in cfg.train_overrides]
     probe = compose_job("train_diffuser", env_override + train_overrides + [f"norm={norms[0]}"])
     maze, horizon = str(probe.env.name), int(probe.env.horizon)
-    episode_steps = horizon if cfg.stitch.episode_steps is None else int(cfg.stitch.episode_steps)
-    require(episode_steps >= horizon, f"stitch.episode_steps={episode_steps} is shorter than the training horizon "
-            f"{horizon}: no episode would give a training window")
+    og = OmegaConf.select(probe, "env.ogbench")
+    benchmark = "maze2d" if og is None else "ogbench"
+    title = f"{maze} stitch tasks" if og is None else f"OGBench {og.env} tasks"
 
     tic = time.perf_counter()
-    data_path = ensure_stitch_dataset(maze, episode_steps, int(cfg.stitch.episodes), seed=int(cfg.stitch.seed),
-                                      data_dir=to_absolute_path(str(cfg.data_dir)), progress=False).resolve()
-    attrs = read_attrs(data_path)
-    check = json.loads(attrs["stitch_check_json"])
+    data_path, data_info = _stitch_data(cfg, probe, to_absolute_path(str(cfg.data_dir)))
     timings = {"data": round(time.perf_counter() - tic, 1)}
-    log.info("stitch dataset %s (check passed: %s)", data_path, attrs["stitch_check_passed"])
+    log.info("stitch dataset %s (check passed: %s)", data_path, data_info["stitch_check_passed"])
 
     runs_dir = out / "runs"
     grid = [(n, s) for n in norms for s in seeds]
     max_steps = None if cfg.max_steps is None else int(cfg.max_steps)
-    replan = None if cfg.replan_every is None else int(cfg.replan_every)
+    # null: maze2d's published open loop; OGBench's follower replans as its env config says.
+    replan = cfg.replan_every if cfg.replan_every is not None or og is None else og.replan_every
+    replan = None if replan is None else int(replan)
     jobs = [{"overrides": env_override + train_overrides + [f"norm={n}", f"seed={s}", f"dataset={data_path}"],
              "run": str(runs_dir / n / f"seed{s}"), "maze": maze, "episodes_per_task": int(cfg.episodes_per_task),
              "eval_seed": int(cfg.eval_seed), "max_steps": max_steps, "replan_every": replan,
-             "device": str(cfg.device)} for n, s in grid]
+             "device": str(cfg.device), "benchmark": benchmark} for n, s in grid]
     tic = time.perf_counter()
     trials = map_trials(run_trial, jobs, int(cfg.workers), "train + evaluate")
     timings["train_and_evaluate"] = round(time.perf_counter() - tic, 1)
@@ -263,30 +408,32 @@ def stitching_study(cfg: DictConfig, out: Path) -> dict[str, Any]:
 
     baseline = str(cfg.baseline)
     summary, comparisons = summarize(runs, baseline)
-    figures = _figures(out, maze, norms, seeds[0], runs_dir, summary, baseline, int(cfg.plot_tasks),
-                       int(cfg.episodes_per_task))
+    task_summary = summarize_tasks(runs, baseline)
+    figures = _figures(out, title, maze, norms, seeds[0], runs_dir, summary, task_summary, baseline,
+                       int(cfg.plot_tasks), int(cfg.episodes_per_task))
     timings["total"] = round(time.perf_counter() - start, 1)
     results = {
-        "settings": OmegaConf.to_container(cfg, resolve=True), "env": maze, "horizon": horizon,
+        "settings": OmegaConf.to_container(cfg, resolve=True), "env": maze, "benchmark": benchmark,
+        "ogbench_env": None if og is None else str(og.env), "horizon": horizon, "replan_every": replan,
         "norms": norms, "seeds": seeds, "baseline": baseline, "torch_threads": torch.get_num_threads(),
         "metric_definitions": dict(METRICS),
-        "dataset": {"path": data_path, "episodes": int(attrs["episodes"]), "episode_steps": int(attrs["episode_steps"]),
-                    "travel_cells": int(attrs["travel_cells"]), "stitch_check_passed": bool(attrs["stitch_check_passed"]),
-                    "tasks": [{k: t[k] for k in ("start_cell", "goal_cell", "bfs_distance", "violations",
-                                                 "closest_approach_cells")} for t in check["tasks"]]},
+        "dataset": data_info,
         "runs": {n: {str(s): {k: v for k, v in r.items() if k != "per_episode"} for s, r in by.items()}
                  for n, by in runs.items()},
         "summary": summary,
         "comparison_vs_baseline": comparisons,
+        "per_task": task_summary,
         "figures": figures,
         "wall_time_s": timings,
     }
     write_results(out, results)
     for n in norms:
         sr = summary[n]["success_rate"]
-        line = f"{maze} stitch, norm={n}: success {sr['mean']:.0%} [95% CI {sr['ci_low']:.0%}, {sr['ci_high']:.0%}] over {len(seeds)} seeds"
+        line = f"{title}, norm={n}: success {sr['mean']:.0%} [95% CI {sr['ci_low']:.0%}, {sr['ci_high']:.0%}] over {len(seeds)} seeds"
         if n in comparisons:
             d = comparisons[n]["success_rate"]
             line += f"; vs {baseline}: {d['difference']:+.0%} [Welch {d['ci_low']:+.0%}, {d['ci_high']:+.0%}]"
+        line += "; per task " + ", ".join(f"{t.get('task_id', k)}: {t['success_rate'][n]['mean']:.0%}"
+                                          for k, t in enumerate(task_summary))
         print(line)
     return results

@@ -2,7 +2,8 @@
 
 Planning is Janner et al. (2022), Sec. 3 / App. C for maze2d: the state part of timestep 0 is the current
 observation, that of timestep H - 1 is the goal with zero velocity, ``[gx, gy, 0, 0]``; one sample per
-query. A batch of queries is one call of the sampler, so N episodes cost one denoising loop.
+query. The observation width is the checkpoint's: OGBench's kinematic point observes ``[x, y]`` only, and
+its goal state is ``[gx, gy]``. A batch of queries is one call of the sampler, so N episodes cost one denoising loop.
 """
 
 from __future__ import annotations
@@ -19,14 +20,15 @@ from diffnorm.training.checkpoint import LoadedDiffuser
 
 
 class Planner(Protocol):
-    """Anything that maps start states [B, 4] and goal positions [B, 2] to planned states [B, H, 4],
-    all in maze (D4RL) units. The rollout needs nothing else, so tests can plant hand-made plans."""
+    """Anything that maps start states [B, O] and goal positions [B, 2] to planned states [B, H, O],
+    all in maze (D4RL) units (O = 4 in maze2d, 2 on OGBench's point). The rollout needs nothing else, so tests can plant hand-made plans."""
 
     def __call__(self, start_obs: np.ndarray, goal_xy: np.ndarray) -> np.ndarray: ...
 
 
 class DiffuserPlanner:
-    """``plan(start_obs [B, 4], goal_xy [B, 2]) -> [B, H, 4]`` with a loaded Diffuser (EMA weights).
+    """``plan(start_obs [B, O], goal_xy [B, 2]) -> [B, H, O]`` with a loaded Diffuser (EMA weights), O its
+    observation width.
 
     ``sampler``/``num_steps`` override the checkpoint's sampler (``None`` keeps it: DDPM over all steps,
     as published). Noise comes from one CPU generator seeded with ``seed``, so a seed gives the same
@@ -39,6 +41,7 @@ class DiffuserPlanner:
         self.diffusion = diffusion
         self.scaler = loaded.scaler
         self.horizon = int(diffusion.horizon)
+        self.observation_dim = int(diffusion.observation_dim)
         self.sampler = sampler if sampler is not None else diffusion.default_sampler
         steps = num_steps if num_steps is not None else diffusion.default_num_steps
         self.num_steps = int(steps) if steps is not None else int(diffusion.n_diffusion_steps)
@@ -54,12 +57,15 @@ class DiffuserPlanner:
         self.seconds = 0.0
 
     def plan(self, start_obs: np.ndarray, goal_xy: np.ndarray) -> np.ndarray:
-        """Planned states [B, H, 4] in maze units from start states [B, 4] and goal positions [B, 2]."""
+        """Planned states [B, H, O] in maze units from start states [B, O] and goal positions [B, 2]."""
         start_obs = np.asarray(start_obs, dtype=np.float64)
         goal_xy = np.asarray(goal_xy, dtype=np.float64)
-        require(start_obs.ndim == 2 and start_obs.shape[1] == 4, f"start_obs must be [batch, 4], got {start_obs.shape}")
+        obs_dim = self.observation_dim
+        require(start_obs.ndim == 2 and start_obs.shape[1] == obs_dim,
+                f"start_obs must be [batch, {obs_dim}], got {start_obs.shape}")
         require(goal_xy.shape == (len(start_obs), 2), f"goal_xy must be [{len(start_obs)}, 2], got {goal_xy.shape}")
-        goal_state = np.concatenate([goal_xy, np.zeros_like(goal_xy)], axis=1)
+        # The goal at rest: any state beyond the position (maze2d's velocity) is zero.
+        goal_state = np.concatenate([goal_xy, np.zeros((len(goal_xy), obs_dim - 2))], axis=1)
         conditions = {
             0: torch.as_tensor(self.scaler.normalize_observations(start_obs), dtype=torch.float32, device=self.device),
             self.horizon - 1: torch.as_tensor(self.scaler.normalize_observations(goal_state), dtype=torch.float32,

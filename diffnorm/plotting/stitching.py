@@ -39,3 +39,35 @@ def norm_bars(path: Path, summary: dict[str, dict[str, Any]], metrics: list[tupl
     if title:
         fig.suptitle(title, fontsize=10)
     return _save(fig, path)
+
+
+def task_bars(path: Path, tasks: list[str], rows: list[dict[str, dict[str, Any]]], baseline: str,
+              title: str = "", ylabel: str = "success rate") -> Path:
+    """PNG of one metric per task: for each task (``tasks`` labels, ``rows[k][norm]`` = per-seed values, mean
+    and 95% CI as ``_seed_interval`` gives them) a group of bars, one per norm, with the CI and the seeds as
+    dots; the baseline hatched. Per-task rates tell a norm that fails one long task from one that fails all."""
+    norms = list(rows[0]) if rows else []
+    width = 0.8 / max(len(norms), 1)
+    fig, ax = plt.subplots(figsize=(1.5 + 1.6 * len(tasks), 3.8))
+    colors = plt.get_cmap("tab10")
+    for j, n in enumerate(norms):
+        x = np.arange(len(tasks)) + (j - (len(norms) - 1) / 2) * width
+        for k, row in enumerate(rows):
+            cell = row[n]
+            if cell["mean"] is None:
+                continue
+            ax.bar(x[k], cell["mean"], width * 0.9, color=colors(j), alpha=0.6, edgecolor="black", lw=0.5,
+                   hatch="//" if n == baseline else None, label=n if k == 0 else None)
+            ax.errorbar(x[k], cell["mean"], yerr=[[cell["mean"] - cell["ci_low"]], [cell["ci_high"] - cell["mean"]]],
+                        color="black", capsize=3, lw=1)
+            seeds = [v for v in cell["per_seed"] if v is not None]
+            ax.scatter(x[k] + np.linspace(-0.25, 0.25, len(seeds)) * width if len(seeds) > 1 else [x[k]], seeds,
+                       color="black", s=8, zorder=5)
+    ax.set_xticks(np.arange(len(tasks)), [t.replace(": ", "\n") for t in tasks], fontsize=7)
+    ax.set_ylabel(ylabel)
+    ax.set_ylim(0, 1.05)  # a rate: the whole scale, so a near-zero result looks like one
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(title="norm", fontsize=7)
+    if title:
+        ax.set_title(title, fontsize=10)
+    return _save(fig, path)
