@@ -354,7 +354,7 @@ def test_bad_input_raises_config_error(tmp_path, data_dir, overrides, message):
 def test_bad_input_is_one_line_and_nonzero_exit_from_the_script(script, tmp_path):
     proc = script("train_diffuser", *TINY, "env.horizon=30", run_dir=tmp_path)
     assert proc.returncode != 0
-    expected = "error: horizon=30 must be a positive multiple of 4 (the U-Net halves it 2 times)"
+    expected = "error: env.horizon=30 must be a positive multiple of 4 (the U-Net halves it 2 times with model.dim_mults=[1, 2, 2])"
     assert proc.stderr.strip().splitlines() == [expected]
 
 

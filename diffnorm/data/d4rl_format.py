@@ -10,9 +10,11 @@ Observations are [N, 4] (x, y, vx, vy) for maze2d. Readers and writers take ``ob
 accept any width >= 2 with x, y first, for data whose state is smaller (OGBench's kinematic point:
 positions only); the default keeps maze2d's contract.
 
-Bad input raises ``ConfigError`` (or ``FileNotFoundError``) with a one-line message naming the key,
-shape or index at fault; nothing is repaired silently. Writes go to a temporary file that is renamed
-into place only when complete.
+Bad input raises ``ConfigError`` (or ``FileNotFoundError``) with a one-line message naming the file,
+key, shape or index at fault: truncated or corrupt files, missing keys, wrong shapes or dtypes,
+NaN/inf values, episode flags that are not 0/1, empty data; nothing is repaired silently. Writes go to
+a temporary file, fsynced, that is renamed into place only when complete; datasets carry fletcher32
+checksums so stored bytes that change afterwards are caught on read.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from typing import Any
 import h5py
 import numpy as np
 
-from diffnorm.experiments.common import ConfigError
+from diffnorm.experiments.common import ConfigError, fsync_dir
 
 # key -> per-step shape
 D4RL_LAYOUT: dict[str, tuple[int, ...]] = {
@@ -73,14 +75,32 @@ def validate_d4rl(data: dict[str, np.ndarray], source: str = "data", observation
             raise ConfigError(f"{source}: {key!r} has shape {arr.shape}; {detail}")
         if len(arr) != n:
             raise ConfigError(f"{source}: {key!r} has {len(arr)} steps but 'observations' has {n}")
-        if key not in _FLAGS:
-            if not np.issubdtype(arr.dtype, np.number) or np.issubdtype(arr.dtype, np.complexfloating):
-                raise ConfigError(f"{source}: {key!r} has dtype {arr.dtype}, expected real numbers")
-            finite = np.isfinite(arr)
-            if not finite.all():
-                index = np.unravel_index(int(np.argmin(finite)), arr.shape)
-                raise ConfigError(f"{source}: {key!r} has a non-finite value ({arr[index]}) at index "
-                                  f"{tuple(int(i) for i in index) if len(index) > 1 else int(index[0])}")
+        if key in _FLAGS:
+            _check_flags(arr, key, source)
+            continue
+        if not np.issubdtype(arr.dtype, np.number) or np.issubdtype(arr.dtype, np.complexfloating):
+            raise ConfigError(f"{source}: {key!r} has dtype {arr.dtype}, expected real numbers")
+        finite = np.isfinite(arr)
+        if not finite.all():
+            index = np.unravel_index(int(np.argmin(finite)), arr.shape)
+            raise ConfigError(f"{source}: {key!r} has a non-finite value ({arr[index]}) at index {_index(index)}")
+
+
+def _index(index: tuple) -> int | tuple[int, ...]:
+    return tuple(int(i) for i in index) if len(index) > 1 else int(index[0])
+
+
+def _check_flags(arr: np.ndarray, key: str, source: str) -> None:
+    """Episode flags are booleans; numbers are accepted only as exact 0/1, since casting 0.5 or NaN to
+    bool would silently invent episode ends."""
+    if arr.dtype == bool:
+        return
+    if not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)):
+        raise ConfigError(f"{source}: {key!r} has dtype {arr.dtype}, expected booleans (or 0/1)")
+    bad = ~((arr == 0) | (arr == 1))
+    if bad.any():
+        index = np.unravel_index(int(np.argmax(bad)), arr.shape)
+        raise ConfigError(f"{source}: {key!r} has {arr[index]} at index {_index(index)}, expected a boolean (0 or 1)")
 
 
 def _as_layout(data: dict[str, Any]) -> dict[str, np.ndarray]:
@@ -102,14 +122,21 @@ def load_d4rl_hdf5(path: str | Path, observation_dim: int | None = 4) -> dict[st
         raise ConfigError(f"{path}: not a readable HDF5 file (truncated or corrupt?): {_one_line(err)}") from None
     data: dict[str, np.ndarray] = {}
     with handle:
-        for key in D4RL_LAYOUT:
-            if key not in handle:
-                raise ConfigError(f"{path}: missing key {key!r} (D4RL maze2d needs {list(D4RL_LAYOUT)})")
+        for key, per_step in D4RL_LAYOUT.items():
+            # h5py reports damage from any call that touches the file, `in` included, and with several
+            # exception types; every one of them is a bad file, not a bug.
             try:
-                data[key] = handle[key][()]
-            except (OSError, RuntimeError, ValueError, KeyError) as err:
+                node = handle.get(key)
+                if isinstance(node, h5py.Dataset):
+                    data[key] = node[()]
+            except (OSError, RuntimeError, ValueError, KeyError, TypeError) as err:
                 raise ConfigError(f"{path}: cannot read {key!r} (truncated or corrupt file?): "
                                   f"{_one_line(err)}") from None
+            if node is None:
+                raise ConfigError(f"{path}: missing key {key!r} (D4RL maze2d needs {list(D4RL_LAYOUT)})")
+            if not isinstance(node, h5py.Dataset):
+                raise ConfigError(f"{path}: {key!r} is an HDF5 group, expected a dataset of shape "
+                                  f"{_shape_str(per_step)}")
     validate_d4rl(data, source=str(path), observation_dim=observation_dim)
     return _as_layout(data)
 
@@ -140,13 +167,18 @@ def write_d4rl_hdf5(path: str | Path, data: dict[str, np.ndarray], attrs: dict[s
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
     try:
-        with h5py.File(tmp, "w") as handle:
+        # libver v108: object headers with checksums, so damaged metadata is caught as well as data
+        with h5py.File(tmp, "w", libver=("v108", "latest")) as handle:
             for key, arr in arrays.items():
+                # fletcher32: a per-chunk checksum, so a flipped byte in stored data is an error on read
                 handle.create_dataset(key, data=arr, compression="gzip", compression_opts=4,
-                                      chunks=True if arr.size else None)
+                                      chunks=True if arr.size else None, fletcher32=bool(arr.size))
             for key, value in (attrs or {}).items():
                 handle.attrs[key] = value
+        with open(tmp, "rb+") as f:  # on disk before the rename makes it visible
+            os.fsync(f.fileno())
         os.replace(tmp, path)
+        fsync_dir(path.parent)
     finally:
         if tmp.exists():
             tmp.unlink()
@@ -177,6 +209,8 @@ def load_minari(dataset_id: str, maze_frame: str | None = None) -> dict[str, np.
     for episode in dataset.iterate_episodes():
         where = f"minari {dataset_id!r} episode {episode.id}"
         n = len(episode.rewards)
+        if n == 0:
+            raise ConfigError(f"{where}: empty episode (0 steps); a D4RL-layout file cannot represent it")
         obs = episode.observations
         infos = episode.infos or {}
         if isinstance(obs, dict):

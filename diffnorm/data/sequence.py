@@ -81,6 +81,16 @@ class SequenceDataset(Dataset):
         actions = np.asarray(data["actions"], dtype=np.float64)
         require(len(observations) == len(actions),
                 f"observations ({len(observations)}) and actions ({len(actions)}) differ in length")
+        for key, arr in (("observations", observations), ("actions", actions)):
+            # In-memory data has not been through load_d4rl_hdf5's checks; a NaN here would only show
+            # up later as a NaN loss.
+            require(arr.ndim == 2 and len(arr) > 0, f"SequenceDataset: {key!r} has shape {arr.shape}, "
+                    "expected [N > 0, dim]: there are no steps to cut into episodes")
+            finite = np.isfinite(arr)
+            if not finite.all():
+                row, col = np.unravel_index(int(np.argmin(finite)), arr.shape)
+                raise ConfigError(f"SequenceDataset: {key!r} has a non-finite value ({arr[row, col]}) at index "
+                                  f"({int(row)}, {int(col)})")
         self.horizon = int(horizon)
         self.bounds = episode_bounds(data, eval_goal_xy, cut_at_timeouts=cut_at_timeouts)
         lengths = np.array([e - s for s, e in self.bounds])

@@ -1,22 +1,53 @@
-"""What every job shares: seeding, device choice, the run directory, results.json, clear errors."""
+"""What every job shares: seeding, device choice, the run directory, results.json, clear errors.
+
+``run_job`` is the one door every script goes through: it validates the config against its schema
+(``diffnorm.config``) before any work, turns bad input into one ``error:`` line and exit code 2 (bugs
+keep their stack trace), and inside a Hydra multirun records a failed job in its own ``error.json``
+and lets the sweep go on, so one bad job does not lose the others. ``write_results`` stamps every
+results.json with the job's seeds and the package versions.
+"""
 
 from __future__ import annotations
 
+import contextvars
+import functools
 import json
 import os
+import platform
 import random
 import sys
+import traceback
 from collections.abc import Callable
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 
 class ConfigError(ValueError):
     """A bad setting or input; the scripts print it as one line and exit non-zero."""
+
+
+class TrainingStopped(RuntimeError):
+    """A run that stopped itself on purpose with its last good checkpoint on disk; ``exit_code`` is what
+    the script exits with."""
+
+    exit_code = 3
+
+
+class TrainingDiverged(TrainingStopped):
+    """The loss became NaN or infinite; the checkpoint from before it is kept."""
+
+    exit_code = 3
+
+
+class TrainingInterrupted(TrainingStopped):
+    """SIGINT (Ctrl-C): a final checkpoint was written; ``train.resume=true`` continues the run."""
+
+    exit_code = 130  # 128 + SIGINT, the shell's convention
 
 
 def require(condition: bool, message: str) -> None:
@@ -63,25 +94,165 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
-def write_results(out_dir: Path, results: dict[str, Any]) -> Path:
-    """Write results.json atomically (temporary file, then rename) and return its path."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / "results.json"
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(_jsonable(results), indent=2) + "\n")
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that a crash at any moment leaves the old file or the new one, never
+    a torn one: write ``<name>.tmp`` in the same directory, fsync it, rename it over ``path``, fsync the
+    directory (so the rename itself survives a power loss)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
     os.replace(tmp, path)
+    fsync_dir(path.parent)
+
+
+def fsync_dir(directory: Path) -> None:
+    """fsync a directory entry table; a no-op where the platform cannot (Windows, some network mounts)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+VERSIONED = ("diffnorm", "torch", "numpy", "diffusers", "gymnasium", "gymnasium-robotics", "mujoco", "hydra-core",
+             "h5py")
+
+
+@functools.cache
+def package_versions() -> dict[str, str | None]:
+    """Versions of python and the packages a result depends on (None: not installed)."""
+    versions: dict[str, str | None] = {"python": platform.python_version()}
+    for name in VERSIONED:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+def config_seeds(cfg: DictConfig | dict) -> dict[str, Any]:
+    """Every setting named like a seed (``seed``, ``data_seed``, ``seeds``, ``stitch.seed``, ...), top
+    level and one level down: what, with the versions, reproduces a run."""
+    plain = OmegaConf.to_container(cfg, resolve=True) if OmegaConf.is_config(cfg) else cfg
+    found: dict[str, Any] = {}
+    for key, value in plain.items():
+        if "seed" in str(key):
+            found[str(key)] = value
+        elif isinstance(value, dict):
+            found.update({f"{key}.{k}": v for k, v in value.items() if "seed" in str(k)})
+    return found
+
+
+# The job run_job is running in this process: (its name, run directory, seeds). Results written into that
+# directory record its seeds; jobs nested in it (a study's stages) name it as their parent.
+_ACTIVE_JOB: contextvars.ContextVar[tuple[str, Path, dict[str, Any]] | None] = contextvars.ContextVar(
+    "diffnorm_active_job", default=None)
+
+
+def _provenance(out_dir: Path) -> dict[str, Any]:
+    record: dict[str, Any] = {"versions": package_versions()}
+    active = _ACTIVE_JOB.get()
+    own_config = out_dir / "config.yaml"  # train_diffuser's resolved config, also in nested runs
+    if active is not None and out_dir.resolve() == active[1].resolve():
+        record.update(job=active[0], seeds=active[2])
+    elif own_config.is_file():
+        record["seeds"] = config_seeds(OmegaConf.load(own_config))
+    if active is not None and out_dir.resolve() != active[1].resolve():
+        record["nested_in"] = {"job": active[0], "run_dir": str(active[1]), "seeds": active[2]}
+    record.setdefault("seeds", None)
+    return record
+
+
+def write_results(out_dir: Path, results: dict[str, Any]) -> Path:
+    """Write results.json atomically (temporary file, fsync, rename) and return its path.
+
+    A ``provenance`` entry is added: the package versions and the seeds of the job's config."""
+    path = Path(out_dir) / "results.json"
+    record = {**results, "provenance": _provenance(Path(out_dir))}
+    atomic_write_bytes(path, (json.dumps(_jsonable(record), indent=2) + "\n").encode())
+    return path
+
+
+def _hydra_job() -> tuple[str | None, bool]:
+    """(config name, multirun?) of the Hydra job this process is running, (None, False) outside Hydra."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if not HydraConfig.initialized():
+        return None, False
+    hydra_cfg = HydraConfig.get()
+    return hydra_cfg.job.config_name, hydra_cfg.mode == RunMode.MULTIRUN
+
+
+class SweepJobFailed(Exception):
+    """Raised to Hydra for a failed job of a multirun: Hydra finishes the other jobs first, then prints
+    this message (no stack trace, see ``_compact``) and exits non-zero."""
+
+
+def _compact(err: Exception) -> Exception:
+    # Hydra prints a CompactHydraException as its message alone; subclassing at call time keeps Hydra's
+    # private module out of import time.
+    from hydra.errors import CompactHydraException
+
+    class SweepJobFailedCompact(SweepJobFailed, CompactHydraException):
+        pass
+
+    return SweepJobFailedCompact(str(err))
+
+
+def _record_failure(out: Path, err: BaseException, user_error: bool) -> Path:
+    path = out / "error.json"
+    record = {"status": "failed", "error": str(err), "type": type(err).__name__, "user_error": user_error,
+              "traceback": None if user_error else traceback.format_exc(), "provenance": _provenance(out)}
+    atomic_write_bytes(path, (json.dumps(_jsonable(record), indent=2) + "\n").encode())
     return path
 
 
 def run_job(job: Callable[[DictConfig, Path], Any], cfg: DictConfig) -> None:
-    """Run ``job(cfg, run_dir)`` for a script: bad input becomes one line on stderr and exit code 2;
-    on success the run directory is printed last."""
+    """Run ``job(cfg, run_dir)`` for a script: validate ``cfg`` first; bad input becomes one line on
+    stderr and exit code 2, a training that stopped itself (NaN loss, Ctrl-C) its own message and code;
+    on success the run directory is printed last.
+
+    In a Hydra multirun a failed job writes ``error.json`` into its directory and raises to Hydra,
+    which runs the remaining jobs before reporting the first failure (exit code 1). Ctrl-C still stops
+    the whole sweep."""
+    from diffnorm.config import validate_config
+
     out = run_dir()
+    name, multirun = _hydra_job()
+    name = name or getattr(job, "__name__", "")
+    token = None
     try:
+        validate_config(name, cfg)
+        token = _ACTIVE_JOB.set((name, out, config_seeds(cfg)))
         job(cfg, out)
-    except (ConfigError, FileNotFoundError) as err:
+    except TrainingInterrupted as err:
+        print(f"interrupted: {err}", file=sys.stderr)
+        sys.exit(err.exit_code)
+    except (ConfigError, FileNotFoundError, TrainingStopped) as err:
+        code = err.exit_code if isinstance(err, TrainingStopped) else 2
         print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
+        if not multirun:
+            sys.exit(code)
+        record = _record_failure(out, err, user_error=True)
+        raise _compact(f"error: job {out.name} of the sweep failed: {err} (recorded in {record})") from None
+    except Exception as err:
+        if multirun:  # a bug: keep its trace, in error.json and on stderr, and let the sweep go on
+            _record_failure(out, err, user_error=False)
+            traceback.print_exc()
+        raise
+    finally:
+        if token is not None:
+            _ACTIVE_JOB.reset(token)
     print(out)
 
 

@@ -5,15 +5,15 @@
     checkpoint.safetensors   full training state for ``train.resume``: weights, EMA, Adam, RNG, step
     ema.safetensors          EMA weights only (what planning uses; 14 MiB at the published width)
 
-Every file is written to ``<name>.tmp`` and renamed, so a run killed at any moment leaves either the
-previous or the new version, never a torn one. ``load_checkpoint`` is the public entry point for
+Every file is written to ``<name>.tmp``, fsynced and renamed (then the directory is fsynced), so a run
+killed at any moment, even by SIGKILL or a power cut, leaves either the previous or the new version,
+never a torn one; tests/test_faults.py kills a training while it saves to show it. ``load_checkpoint`` is the public entry point for
 planning and probing: it rebuilds the network from config.yaml and refuses weights that do not fit it.
 """
 
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,7 +25,7 @@ from safetensors.torch import save as safetensors_bytes
 from torch import nn
 
 from diffnorm.diffusion.gaussian import GaussianDiffusion
-from diffnorm.experiments.common import ConfigError, require
+from diffnorm.experiments.common import ConfigError, atomic_write_bytes, require
 from diffnorm.training.build import architecture, build_diffusion
 
 CONFIG = "config.yaml"
@@ -36,14 +36,8 @@ FORMAT = "diffnorm-diffuser-1"
 
 
 def atomic_write(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temporary file in the same directory and a rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    """Write ``data`` to ``path``: temporary file, fsync, rename, fsync of the directory."""
+    atomic_write_bytes(path, data)
 
 
 def _tensors(prefix: str, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -4,15 +4,22 @@ Reproducibility is by construction rather than by saved RNG streams: the data or
 permutation seeded by (seed, epoch) and the diffusion steps and noise of optimizer step k come from a
 generator seeded by (seed, k). A run resumed from the checkpoint at step k therefore sees exactly the
 batches and noise the uninterrupted run saw, and on CPU ends with bit-identical weights.
+
+Stopping: SIGINT (Ctrl-C) finishes the current step, writes a checkpoint and raises
+TrainingInterrupted; a NaN or infinite loss raises TrainingDiverged at the next log or checkpoint
+boundary, before anything is saved, so the checkpoint on disk is always one from finite losses.
 """
 
 from __future__ import annotations
 
 import contextlib
 import csv
+import io
 import logging
+import signal
+import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,9 +30,11 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from diffnorm.diffusion.gaussian import GaussianDiffusion
-from diffnorm.experiments.common import require
+from diffnorm.experiments.common import TrainingDiverged, TrainingInterrupted, atomic_write_bytes, require
 from diffnorm.training.checkpoint import CHECKPOINT, load_training_state, save_training_state
+from diffnorm.training.distributed import dist_info, mean_across_ranks, wrap_ddp
 from diffnorm.training.ema import EMA
+from diffnorm.training.step import GradientStep, collate, make_optimizer
 
 log = logging.getLogger(__name__)
 
@@ -64,13 +73,7 @@ class EpochOrder:
         return [int(self._perm(p // self.n)[p % self.n]) for p in range(start, start + count)]
 
 
-def collate(items: Sequence[dict[str, Any]], device: torch.device
-            ) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
-    """Dataset items {"trajectory": [H, D], "conditions": {t: [obs_dim]}} -> x0 [B, H, D], {t: [B, obs_dim]}."""
-    x0 = torch.stack([torch.as_tensor(it["trajectory"], dtype=torch.float32) for it in items]).to(device)
-    conditions = {int(t): torch.stack([torch.as_tensor(it["conditions"][t], dtype=torch.float32) for it in items])
-                  .to(device) for t in items[0]["conditions"]}
-    return x0, conditions
+__all__ = ["collate", "train_diffusion"]  # collate lives in training.step; re-exported for its users
 
 
 def _read_metrics(path: Path, upto: int) -> list[dict[str, str]]:
@@ -81,10 +84,51 @@ def _read_metrics(path: Path, upto: int) -> list[dict[str, str]]:
 
 
 def _write_metrics(path: Path, rows: list[dict[str, Any]]) -> None:
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=METRIC_FIELDS)
-        writer.writeheader()
-        writer.writerows(rows)
+    # Atomic, like the checkpoints: a kill mid-write must not leave a torn row for the resume to parse.
+    buffer = io.StringIO(newline="")
+    writer = csv.DictWriter(buffer, fieldnames=METRIC_FIELDS)
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_bytes(path, buffer.getvalue().encode())
+
+
+@contextlib.contextmanager
+def _sigint_flag() -> Iterator[dict[str, bool]]:
+    """While active, the first SIGINT only sets ``flag["stop"]`` (the loop then checkpoints and stops);
+    it also restores the previous handler, so a second Ctrl-C interrupts at once as usual."""
+    flag = {"stop": False}
+    if threading.current_thread() is not threading.main_thread():  # signals reach the main thread only
+        yield flag
+        return
+    previous = signal.getsignal(signal.SIGINT)
+
+    def handler(signum: int, frame: Any) -> None:
+        flag["stop"] = True
+        signal.signal(signal.SIGINT, previous)
+        log.warning("SIGINT: stopping after this step with a checkpoint (Ctrl-C again to abort at once)")
+
+    signal.signal(signal.SIGINT, handler)
+    try:
+        yield flag
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _check_finite(window: list[torch.Tensor], done: int, saved: int | None, out: Path, lr: float) -> None:
+    """Raise TrainingDiverged if a loss of the steps in ``window`` (ending at step ``done``) is NaN or
+    infinite. Called only where the loop synchronizes anyway (log and checkpoint steps)."""
+    if not window:
+        return
+    losses = torch.stack(window)
+    finite = torch.isfinite(losses)
+    if bool(finite.all()):
+        return
+    first = int((~finite).nonzero()[0, 0])
+    step = done - len(window) + first + 1
+    kept = (f"the last good checkpoint, step {saved}, is kept in {out / CHECKPOINT}" if saved is not None
+            else "no checkpoint had been written yet")
+    raise TrainingDiverged(f"loss is {float(losses[first])} at step {step} (train.lr={lr}); training stopped and "
+                           f"{kept}; lower train.lr or check the data")
 
 
 def _precision_and_compile(cfg: DictConfig, device: torch.device, model: nn.Module
@@ -120,12 +164,15 @@ def train_diffusion(diffusion: GaussianDiffusion, dataset: Sequence[dict[str, An
 
     Returns a JSON-able summary and the EMA model (eval mode), the one to plan with.
     With ``cfg.resume`` the state at ``out/checkpoint.safetensors`` is restored first. ``on_sample`` is
-    called with the EMA model (eval mode) every ``cfg.sample_every`` steps and at the end.
+    called with the EMA model (eval mode) every ``cfg.sample_every`` steps and at the end. Under DDP
+    (a process group of N ranks) each rank computes 1/N of every batch and only rank 0 writes files or
+    calls ``on_sample``; ``cfg.shards`` > 1 splits each CPU batch across threads (``training.step``).
     """
     check_train_settings(cfg)
     total, accum, batch = int(cfg.steps), int(cfg.grad_accumulation), int(cfg.batch_size)
     diffusion.to(device).train()
-    optimizer = torch.optim.Adam(diffusion.parameters(), lr=float(cfg.lr))
+    optimizer = make_optimizer(diffusion.parameters(), float(cfg.lr), device)
+    info = dist_info()
     ema = EMA(diffusion, decay=float(cfg.ema_decay), every=int(cfg.ema_every), start=int(cfg.ema_start))
     start = 0
     if not cfg.resume and (out / CHECKPOINT).exists():
@@ -136,43 +183,57 @@ def train_diffusion(diffusion: GaussianDiffusion, dataset: Sequence[dict[str, An
         log.info("resumed from %s at step %d", out / CHECKPOINT, start)
     metrics_path = out / METRICS
     rows: list[dict[str, Any]] = _read_metrics(metrics_path, start) if cfg.resume else []
-    _write_metrics(metrics_path, rows)  # drops rows logged after the checkpoint a resumed run restarts from
-    autocast, denoiser = _precision_and_compile(cfg, device, diffusion.model)
+    if info.is_main:
+        _write_metrics(metrics_path, rows)  # drops rows logged after the checkpoint a resumed run restarts from
+    autocast, denoiser = _precision_and_compile(cfg, device, wrap_ddp(diffusion.model, device))
+    grads = GradientStep(diffusion, accum, device, denoiser, autocast, shards=int(cfg.get("shards", 1)), dist=info)
     order = EpochOrder(len(dataset), seed)
     window: list[torch.Tensor] = []  # per-step losses, left on the device until logged (no sync per step)
+    unchecked: list[torch.Tensor] = []  # losses not yet checked for NaN/inf (since the last log or checkpoint)
+    saved = start if cfg.resume else None  # step of the checkpoint on disk
     t0, started = time.perf_counter(), start
     bar = tqdm(total=total, initial=start, desc="train", disable=not cfg.progress, dynamic_ncols=True)
+    with _sigint_flag() as sigint, contextlib.closing(grads):
+        for step in range(start, total):
+            gen = step_generator(seed, step)
+            step_loss = torch.zeros((), device=device)
+            for micro in range(accum):
+                first = (step * accum + micro) * batch
+                step_loss += grads(dataset, order.indices(first, batch), gen, sync=micro == accum - 1)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            ema.update(diffusion, step)
+            done = step + 1
+            window.append(step_loss)
+            unchecked.append(step_loss)
+            bar.update(1)
 
-    for step in range(start, total):
-        gen = step_generator(seed, step)
-        step_loss = torch.zeros((), device=device)
-        for micro in range(accum):
-            first = (step * accum + micro) * batch
-            x0, conditions = collate([dataset[i] for i in order.indices(first, batch)], device)
-            with autocast:
-                loss = diffusion.loss(x0, conditions, generator=gen, denoiser=denoiser) / accum
-            loss.backward()
-            step_loss += loss.detach()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        ema.update(diffusion, step)
-        done = step + 1
-        window.append(step_loss)
-        bar.update(1)
-
-        if done % int(cfg.log_every) == 0 or done == total:
-            elapsed = time.perf_counter() - t0
-            rows.append({"step": done, "loss": float(torch.stack(window).mean()), "lr": optimizer.param_groups[0]["lr"],
-                         "elapsed_s": round(elapsed, 3), "steps_per_s": round((done - started) / elapsed, 4)})
-            window = []
-            _write_metrics(metrics_path, rows)
-            bar.set_postfix(loss=f"{rows[-1]['loss']:.4f}")
-        if done % int(cfg.checkpoint_every) == 0 or done == total:
-            save_training_state(out, run_cfg, diffusion.model, ema.average.model, optimizer, done)
-        if on_sample is not None and ((cfg.sample_every and done % int(cfg.sample_every) == 0) or done == total):
-            on_sample(ema.average, done)
+            log_now = done % int(cfg.log_every) == 0 or done == total
+            save_now = done % int(cfg.checkpoint_every) == 0 or done == total or sigint["stop"]
+            if log_now or save_now:  # both synchronize anyway; a NaN stops the run before it is saved
+                _check_finite(unchecked, done, saved, out, float(cfg.lr))
+                unchecked = []
+            if log_now:
+                elapsed = time.perf_counter() - t0
+                rows.append({"step": done, "loss": float(mean_across_ranks(torch.stack(window).mean())),
+                             "lr": optimizer.param_groups[0]["lr"], "elapsed_s": round(elapsed, 3),
+                             "steps_per_s": round((done - started) / elapsed, 4)})
+                window = []
+                if info.is_main:
+                    _write_metrics(metrics_path, rows)
+                bar.set_postfix(loss=f"{rows[-1]['loss']:.4f}")
+            if save_now:
+                path = (save_training_state(out, run_cfg, diffusion.model, ema.average.model, optimizer, done)
+                        if info.is_main else out / CHECKPOINT)
+                saved = done
+            if sigint["stop"] and done < total:
+                bar.close()
+                raise TrainingInterrupted(f"SIGINT at step {done} of {total}: checkpoint written to {path}; "
+                                          f"continue with train.resume=true hydra.run.dir={out}")
+            if on_sample is not None and info.is_main and ((cfg.sample_every and done % int(cfg.sample_every) == 0) or done == total):
+                on_sample(ema.average, done)
     bar.close()
-    if start == total and on_sample is not None:
+    if start == total and on_sample is not None and info.is_main:
         on_sample(ema.average, total)
 
     return {"steps": total, "resumed_from": start if cfg.resume else None,

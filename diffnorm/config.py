@@ -1,0 +1,463 @@
+"""The config schema of every job, checked in one place (``validate_config``) before any work starts.
+
+Each top-level config in ``configs/`` has a dataclass here that lists its keys and their types; the YAML
+files stay the only place defaults live, so a schema field is required (no default; a key missing from
+the YAML is an error too) unless the code reads it as optional (``OmegaConf.select``). ``validate_config`` merges the resolved config into the schema
+with OmegaConf, which rejects unknown keys and values of the wrong type, then runs the job's checks of
+combinations no single type can express (a horizon the U-Net cannot halve, GroupNorm groups that do
+not divide a width, batch statistics over a batch of one, ...). Every failure is a ``ConfigError`` with
+one line that names the key, which ``run_job`` prints without a stack trace.
+
+The ``norm`` node is checked against the registered layer's constructor, so a norm registered later
+needs no schema entry: its keyword arguments are its keys.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Optional
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from diffnorm.experiments.common import ConfigError
+
+log = logging.getLogger(__name__)
+
+# Optional[...] instead of `X | None`: OmegaConf reads the annotations at runtime, also on Python 3.10.
+# ruff: noqa: UP045
+
+
+# ------------------------------------------------------------------------------------------- groups
+
+@dataclass
+class OgbenchEnvSchema:
+    env: str
+    episodes: int
+    episode_steps: int
+    data_seed: int
+    controller: str
+    replan_every: Optional[int]
+
+
+@dataclass
+class EnvSchema:
+    name: str
+    horizon: int
+    n_diffusion_steps: int
+    max_episode_steps: int
+    dataset_steps: int
+    # Optional keys (read with OmegaConf.select): only some envs have them.
+    observation_dim: Optional[int] = None  # OGBench's point: 2 (x, y)
+    ogbench: Optional[OgbenchEnvSchema] = None
+
+
+@dataclass
+class ModelSchema:
+    name: str
+    dim: int
+    dim_mults: list[int]
+    kernel_size: int
+
+
+@dataclass
+class DiffusionSchema:
+    observation_dim: int
+    action_dim: int
+    clip_denoised: bool
+    sampler: str
+    num_steps: Optional[int]
+
+
+@dataclass
+class TrainSchema:
+    steps: int
+    batch_size: int
+    grad_accumulation: int
+    lr: float
+    ema_decay: float
+    ema_every: int
+    ema_start: int
+    checkpoint_every: int
+    sample_every: int
+    n_samples: int
+    log_every: int
+    resume: bool
+    bf16: bool
+    compile: bool
+    num_threads: Optional[int]
+    progress: bool
+
+
+@dataclass
+class ProbeSchema:
+    sites: Any  # "all" or a list of module names
+    inputs: str
+    t_fraction: float
+    n_train: int
+    n_test: int
+    forward_batch: int
+    steps: int
+    hidden: int
+    batch_size: int
+    lr: float
+    alpha: float
+
+
+@dataclass
+class InfluenceSchema:
+    n_windows: int
+    t_fractions: list[float]
+    row_stride: int
+    chunk_size: int
+
+
+@dataclass
+class LeakageSchema:
+    conditions: list[str]
+    n_windows: int
+    t_fractions: list[float]
+    chain_samples: int
+    sampler: Optional[str]
+    num_steps: Optional[int]
+
+
+@dataclass
+class ToyProbeSchema:
+    n_train: int
+    n_test: int
+    steps: int
+    hidden: int
+    batch_size: int
+    lr: float
+
+
+@dataclass
+class StitchDataSchema:
+    episodes: int
+    episode_steps: int
+    travel_cells: Optional[int]
+
+
+@dataclass
+class OgbenchDataSchema:
+    episodes: int
+    episode_steps: int
+
+
+@dataclass
+class StitchStudyDataSchema:
+    episodes: int
+    episode_steps: Optional[int]
+    seed: int
+
+
+# --------------------------------------------------------------------------------------------- jobs
+
+@dataclass
+class TrainDiffuserSchema:
+    env: EnvSchema
+    norm: Any  # checked against the registered layer (``_check_norm``)
+    model: ModelSchema
+    diffusion: DiffusionSchema
+    train: TrainSchema
+    seed: int
+    data_seed: int
+    dataset: Optional[str]
+    data_dir: str
+    device: str
+
+
+@dataclass
+class PlanMazeSchema:
+    checkpoint: Optional[str]
+    mode: str
+    episodes: int
+    seed: int
+    replan_every: Optional[int]
+    max_steps: Optional[int]
+    sampler: Optional[str]
+    num_steps: Optional[int]
+    device: str
+    num_threads: Optional[int]
+    plot_episodes: int
+    progress: bool
+
+
+@dataclass
+class LeakProbeSchema:
+    probe: ProbeSchema
+    checkpoint: Optional[str]
+    checkpoints: list[str]
+    norms: list[str]
+    train_overrides: list[str]
+    horizon: Optional[int]
+    horizons: list[int]
+    seed: int
+    dtype: str
+    num_threads: int
+    influence: InfluenceSchema
+    leakage: LeakageSchema
+
+
+@dataclass
+class LocalizationSchema:
+    norm: Any
+    length: int
+    depth: int
+    kernel_size: int
+    hidden: int
+    lr: float
+    batch_size: int
+    accumulation: int
+    steps: int
+    seeds: list[int]
+    alpha: float
+    n_test: int
+    eval_batch_size: int
+    workers: int
+    probe: Optional[ToyProbeSchema]
+
+
+@dataclass
+class GroupnormGroupsSchema(LocalizationSchema):
+    groups: list[int]
+    lrs: list[float]
+
+
+@dataclass
+class BatchnormStatsSchema(LocalizationSchema):
+    effective_batch: int
+    batch_sizes: list[int]
+    momentum: float
+
+
+@dataclass
+class PacknormOverlapSchema:
+    length: int
+    depth: int
+    kernel_size: int
+    hidden: int
+    lr: float
+    batch_size: int
+    steps: int
+    overlaps: list[int]
+    seeds: list[int]
+    n_test: int
+    workers: int
+
+
+@dataclass
+class ControllerBaselineSchema:
+    mazes: list[str]
+    episodes: int
+    seed: int
+    d4rl_persistent: bool
+    plot_paths: int
+
+
+@dataclass
+class MakeMazeDatasetSchema:
+    env: EnvSchema
+    dataset: str
+    steps: int
+    stitch: StitchDataSchema
+    ogbench: OgbenchDataSchema
+    seed: int
+    data_dir: str
+    force: bool
+    progress: bool
+    plot_episodes: int
+
+
+@dataclass
+class StitchingStudySchema:
+    env: EnvSchema  # the env config group: trainings are composed with the same option
+    norms: list[str]
+    seeds: list[int]
+    baseline: str
+    workers: int
+    train_overrides: list[str]
+    stitch: StitchStudyDataSchema
+    data_dir: str
+    episodes_per_task: int
+    max_steps: Optional[int]
+    replan_every: Optional[int]
+    eval_seed: int
+    plot_tasks: int
+    device: str
+
+
+@dataclass
+class StudySchema:
+    env: str
+    norms: list[str]
+    baseline: str
+    seed: int
+    workers: int
+    toy_overrides: list[str]
+    train_overrides: list[str]
+    leak_overrides: list[str]
+    plan_overrides: list[str]
+
+
+# ------------------------------------------------------------------------------------- combinations
+
+def _positive(cfg: dict, *keys: str) -> None:
+    for key in keys:
+        value = _get(cfg, key)
+        if value is not None and value < 1:
+            raise ConfigError(f"{key}={value} must be positive")
+
+
+def _get(cfg: dict, key: str) -> Any:
+    for part in key.split("."):
+        cfg = cfg[part]
+    return cfg
+
+
+def _one_of(cfg: dict, key: str, choices: tuple[Any, ...]) -> None:
+    value = _get(cfg, key)
+    if value not in choices:
+        raise ConfigError(f"{key}={value!r} is not one of {list(choices)}")
+
+
+def _check_norm(norm: Any, channels: list[int]) -> None:
+    """``norm`` must name a registered layer, with only its constructor's keyword arguments, and build
+    for every width in ``channels`` (GroupNorm: groups divide each width)."""
+    from diffnorm.models.norms import NORM_LAYERS
+
+    if not isinstance(norm, dict) or "name" not in norm:
+        raise ConfigError(f"norm={norm!r} must be a mapping with a 'name' (e.g. norm=group)")
+    name = norm["name"]
+    if name not in NORM_LAYERS:
+        raise ConfigError(f"norm.name={name!r} is unknown; choose one of {sorted(NORM_LAYERS)}")
+    params = inspect.signature(NORM_LAYERS[name]).parameters
+    accepted = [p for p in list(params)[1:] if params[p].kind is inspect.Parameter.POSITIONAL_OR_KEYWORD
+                or params[p].kind is inspect.Parameter.KEYWORD_ONLY]
+    for key, value in norm.items():
+        if key == "name":
+            continue
+        if key not in accepted:
+            raise ConfigError(f"norm.{key} is not a setting of norm {name!r} (its settings: {accepted})")
+        default = params[key].default
+        if default is not inspect.Parameter.empty and default is not None:
+            kind = type(default)
+            ok = isinstance(value, kind) and not (isinstance(value, bool) and kind is not bool)
+            ok = ok or (kind is float and isinstance(value, int) and not isinstance(value, bool))
+            if not ok:
+                raise ConfigError(f"norm.{key}={value!r} has type {type(value).__name__}, expected {kind.__name__}")
+    settings = {k: v for k, v in norm.items() if k != "name"}
+    for width in sorted(set(channels)):
+        try:
+            NORM_LAYERS[name](width, **settings)
+        except (TypeError, ValueError) as err:
+            raise ConfigError(f"norm={name} with {settings} cannot normalize {width} channels: "
+                              f"{' '.join(str(err).split())}") from None
+
+
+def _check_train_diffuser(cfg: dict) -> None:
+    from diffnorm.envs.maze2d import maze_names
+
+    env, model, train, diffusion = cfg["env"], cfg["model"], cfg["train"], cfg["diffusion"]
+    if env["name"] not in maze_names():
+        raise ConfigError(f"env.name={env['name']!r} is not a known maze; choose one of {maze_names()}")
+    _positive(cfg, "env.horizon", "env.n_diffusion_steps", "env.max_episode_steps", "model.dim",
+              "model.kernel_size", "train.steps", "train.batch_size", "train.grad_accumulation", "train.ema_every",
+              "train.checkpoint_every", "train.log_every", "train.n_samples", "train.num_threads",
+              "diffusion.observation_dim", "diffusion.action_dim", "diffusion.num_steps")
+    _one_of(cfg, "model.name", ("temporal_unet",))
+    _one_of(cfg, "diffusion.sampler", ("ddpm", "ddim", "dpm"))
+    mults = model["dim_mults"]
+    if len(mults) < 2 or min(mults) < 1:
+        raise ConfigError(f"model.dim_mults={mults} needs at least two positive multipliers")
+    multiple = 2 ** (len(mults) - 1)
+    if env["horizon"] % multiple:
+        raise ConfigError(f"env.horizon={env['horizon']} must be a positive multiple of {multiple} (the U-Net "
+                          f"halves it {len(mults) - 1} times with model.dim_mults={mults})")
+    if env["horizon"] > env["max_episode_steps"]:
+        raise ConfigError(f"env.horizon={env['horizon']} is longer than an episode of {env['name']} "
+                          f"(env.max_episode_steps={env['max_episode_steps']}): no plan could be followed to its end")
+    if model["kernel_size"] % 2 == 0:
+        raise ConfigError(f"model.kernel_size={model['kernel_size']} must be odd")
+    if diffusion["num_steps"] is not None and diffusion["num_steps"] > env["n_diffusion_steps"]:
+        raise ConfigError(f"diffusion.num_steps={diffusion['num_steps']} exceeds env.n_diffusion_steps="
+                          f"{env['n_diffusion_steps']}")
+    if not train["lr"] > 0:
+        raise ConfigError(f"train.lr={train['lr']} must be positive")
+    if not 0 <= train["ema_decay"] < 1:
+        raise ConfigError(f"train.ema_decay={train['ema_decay']} must lie in [0, 1)")
+    if train["sample_every"] < 0 or train["ema_start"] < 0:
+        key = "train.sample_every" if train["sample_every"] < 0 else "train.ema_start"
+        raise ConfigError(f"{key}={_get(cfg, key)} must be >= 0")
+    norm = cfg["norm"]
+    if isinstance(norm, dict) and norm.get("name") == "batch" and train["batch_size"] < 2:
+        raise ConfigError(f"norm=batch with train.batch_size={train['batch_size']}: batch statistics over a batch "
+                          "of one are the sample's own statistics; use train.batch_size >= 2 or another norm")
+    _check_norm(norm, [model["dim"] * m for m in mults] + [model["dim"]])
+
+
+def _check_localization(cfg: dict) -> None:
+    _positive(cfg, "length", "depth", "kernel_size", "hidden", "batch_size", "accumulation", "steps", "workers")
+    if cfg["norm"].get("name") == "batch" and cfg["batch_size"] < 2:
+        raise ConfigError(f"norm=batch with batch_size={cfg['batch_size']}: batch statistics need batch_size >= 2")
+    _check_norm(cfg["norm"], [cfg["hidden"]])
+
+
+def _check_plan_maze(cfg: dict) -> None:
+    _one_of(cfg, "mode", ("single", "multi"))
+    _positive(cfg, "episodes", "replan_every", "max_steps", "num_steps", "num_threads")
+    if cfg["sampler"] is not None:
+        _one_of(cfg, "sampler", ("ddpm", "ddim", "dpm"))
+
+
+SCHEMAS: dict[str, tuple[type, Callable[[dict], None] | None]] = {
+    "train_diffuser": (TrainDiffuserSchema, _check_train_diffuser),
+    "plan_maze": (PlanMazeSchema, _check_plan_maze),
+    "leak_probe": (LeakProbeSchema, None),
+    "localization": (LocalizationSchema, _check_localization),
+    "groupnorm_groups": (GroupnormGroupsSchema, None),
+    "batchnorm_stats": (BatchnormStatsSchema, None),
+    "packnorm_overlap": (PacknormOverlapSchema, None),
+    "controller_baseline": (ControllerBaselineSchema, None),
+    "make_maze_dataset": (MakeMazeDatasetSchema, None),
+    "stitching_study": (StitchingStudySchema, None),
+    "study": (StudySchema, None),
+}
+
+
+def _message(err: OmegaConfBaseException) -> str:
+    """OmegaConf's multi-line message as one line that leads with the key."""
+    key = getattr(err, "full_key", None) or "<root>"
+    first = str(getattr(err, "msg", err)).strip().splitlines()[0]
+    if "not in" in first and first.startswith("Key "):
+        return f"unknown config key {key}"
+    if first.startswith("Value '"):  # "Value 'abc' of type 'str' could not be converted to Integer"
+        return f"config key {key}: {first[0].lower()}{first[1:]}"
+    return f"config key {key}: {first}"
+
+
+def validate_config(config_name: str, cfg: DictConfig) -> None:
+    """Raise ConfigError (one line, naming the key) if ``cfg`` does not fit the schema of ``config_name``.
+
+    A job without a schema is only logged (tests/test_faults.py fails for a script that has none)."""
+    if config_name not in SCHEMAS:
+        log.warning("no config schema for job %r in diffnorm/config.py: its config is not validated", config_name)
+        return
+    schema, check = SCHEMAS[config_name]
+    try:
+        plain = OmegaConf.to_container(cfg, resolve=True)
+    except OmegaConfBaseException as err:
+        raise ConfigError(_message(err)) from None
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(schema), plain)
+    except OmegaConfBaseException as err:
+        raise ConfigError(_message(err)) from None
+    missing = sorted(OmegaConf.missing_keys(merged))
+    if missing:
+        raise ConfigError(f"config key {missing[0]} is missing ({config_name}.yaml and its groups must set it)")
+    if check is not None:
+        check(OmegaConf.to_container(merged))
