@@ -101,17 +101,31 @@ class GaussianDiffusion(nn.Module):
         require(batch is not None, "sample() needs at least one condition to know the batch size")
         return batch
 
+    def draw(self, shape: torch.Size | tuple[int, ...], generator: torch.Generator | None = None,
+             dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
+        """The randomness of one training batch of ``shape`` [B, H, D]: steps t [B] and noise, on the CPU.
+
+        Drawn for a whole batch at once, so data-parallel workers (DDP ranks, CPU shards) can each take
+        their rows of the same draw and together compute exactly the single-process loss.
+        """
+        t = torch.randint(0, self.n_diffusion_steps, (shape[0],), generator=generator)
+        return t, torch.randn(tuple(shape), generator=generator, dtype=dtype)
+
     def loss(self, x0: torch.Tensor, conditions: Conditions, generator: torch.Generator | None = None,
-             denoiser: nn.Module | None = None) -> torch.Tensor:
+             denoiser: nn.Module | None = None, drawn: tuple[torch.Tensor, torch.Tensor] | None = None
+             ) -> torch.Tensor:
         """Mean L2 between the conditioned x0 prediction and x0, at uniformly drawn diffusion steps.
 
         Randomness (steps and noise) comes from ``generator`` (a CPU generator, so runs are reproducible
-        on any device). ``denoiser`` replaces ``self.model`` for the call, e.g. its torch.compile'd form.
+        on any device), or is given as ``drawn`` = (t, noise) rows of a ``draw`` for a larger batch.
+        ``denoiser`` replaces ``self.model`` for the call, e.g. its torch.compile'd or DDP-wrapped form.
         """
         batch = x0.shape[0]
         self._check_conditions(conditions, x0.shape[1], batch)
-        t = torch.randint(0, self.n_diffusion_steps, (batch,), generator=generator).to(x0.device)
-        noise = torch.randn(x0.shape, generator=generator, dtype=x0.dtype).to(x0.device)
+        t, noise = drawn if drawn is not None else self.draw(x0.shape, generator, x0.dtype)
+        require(t.shape == (batch,) and noise.shape == x0.shape,
+                f"drawn t {list(t.shape)} and noise {list(noise.shape)} do not fit x0 {list(x0.shape)}")
+        t, noise = t.to(x0.device), noise.to(x0.device)
         x_noisy = self.apply_conditions(self.noise_schedule.add_noise(x0, noise, t), conditions)
         x_recon = self.apply_conditions((denoiser or self.model)(x_noisy, t), conditions)
         return (x_recon.float() - x0.float()).square().mean()

@@ -35,7 +35,7 @@ class EMA:
         if step < self.start:
             self.average.load_state_dict(model.state_dict())
             return
-        for avg, new in zip(self.average.parameters(), model.parameters()):
-            avg.lerp_(new, 1.0 - self.decay)
+        # One foreach call over all parameters (the same lerp per tensor, without a Python loop).
+        torch._foreach_lerp_(list(self.average.parameters()), list(model.parameters()), 1.0 - self.decay)
         for avg, new in zip(self.average.buffers(), model.buffers()):
             avg.copy_(new)
