@@ -120,5 +120,7 @@ def test_env_config_trains_and_the_study_reports_per_task_success(tmp_path):
     task = results["per_task"][0]
     assert set(task["success_rate"]) == {"group", "none"} and len(task["success_rate"]["group"]["per_seed"]) == 2
     assert "group" in task["comparison_vs_baseline"]
+    for ref in results["references"].values():  # the floor and the ceiling on the same episodes
+        assert [t["task_id"] for t in ref["per_task"]] == [1, 2, 3, 4, 5]
     for name in ("plans_group.png", "plans_none.png", "success.png", "success_per_task.png", "plan_quality.png"):
         assert (out / name).stat().st_size > 0

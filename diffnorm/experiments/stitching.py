@@ -31,11 +31,17 @@ from scipy import stats
 from diffnorm.data.d4rl_format import read_attrs
 from diffnorm.data.generate import ensure_stitch_dataset, stitch_task_cells, stitch_tasks
 from diffnorm.envs.maze2d import in_wall, make_env, maze_spec, xy_to_cell
-from diffnorm.envs.ogbench_maze import ensure_ogbench_stitch_dataset, ogbench_maze_of
+from diffnorm.envs.ogbench_maze import (
+    ensure_ogbench_stitch_dataset,
+    evaluate_ogbench,
+    ogbench_maze_of,
+    oracle_policy,
+)
 from diffnorm.experiments.common import compose_job, require, resolve_device, write_results
 from diffnorm.experiments.parallel import map_trials
 from diffnorm.models.norms import NORM_LAYERS
-from diffnorm.planning.kinematic import evaluate_ogbench_planner, plans_in_wall_fraction
+from diffnorm.planning.kinematic import PlanFollower, evaluate_ogbench_planner, plans_in_wall_fraction
+from diffnorm.planning.planner import GoalOnlyPlanner
 from diffnorm.planning.rollout import evaluate_planner
 from diffnorm.plotting.planning import episode_grid
 from diffnorm.plotting.stitching import norm_bars, task_bars
@@ -296,8 +302,8 @@ def _task_label(task: dict[str, Any]) -> str:
 
 
 def _figures(out: Path, title: str, maze: str, norms: list[str], seed: int, runs_dir: Path, summary: dict,
-             task_summary: list[dict[str, Any]], baseline: str, plot_tasks: int, episodes_per_task: int
-             ) -> dict[str, Path]:
+             task_summary: list[dict[str, Any]], baseline: str, plot_tasks: int, episodes_per_task: int,
+             references: dict[str, Any] | None = None) -> dict[str, Path]:
     files: dict[str, Path] = {}
     picks = [t * episodes_per_task for t in range(min(plot_tasks, len(task_summary)))]
     for n in norms:
@@ -315,7 +321,8 @@ def _figures(out: Path, title: str, maze: str, norms: list[str], seed: int, runs
     files["success_per_task_png"] = task_bars(
         out / "success_per_task.png", [_task_label(t) for t in task_summary],
         [t["success_rate"] for t in task_summary], baseline,
-        title=f"{title}: success per task and norm (mean over seeds, 95% CI)")
+        title=f"{title}: success per task and norm (mean over seeds, 95% CI)",
+        references={name: [t["success_rate"] for t in ref["per_task"]] for name, ref in (references or {}).items()})
     files["plan_quality_png"] = norm_bars(
         out / "plan_quality.png", summary,
         [("plan_in_wall_fraction", "planned states in walls"), ("plan_connected", "plans connected to the goal"),
@@ -337,6 +344,21 @@ def env_option(cfg: DictConfig) -> str:
     og = OmegaConf.select(cfg, "env.ogbench")
     name = str(cfg.env.name) if og is None else "ogbench_" + str(og.env).removesuffix("-v0")
     return name.replace("-", "_")
+
+
+def ogbench_references(maze: str, episodes_per_task: int, seed: int, max_steps: int | None,
+                       replan_every: int | None) -> dict[str, Any]:
+    """Per-task success of two policies on the same OGBench episodes as the planners: the floor
+    (``GoalOnlyPlanner`` followed kinematically: straight at the goal, sliding along walls) and the
+    ceiling (OGBench's BFS oracle). A task the floor solves does not need a planner, let alone stitching."""
+    policies = {"goal_only": PlanFollower(GoalOnlyPlanner(), replan_every), "bfs_oracle": oracle_policy(maze)}
+    out = {}
+    for name, policy in policies.items():
+        res = evaluate_ogbench(policy, maze, episodes_per_task=episodes_per_task, seed=seed, max_steps=max_steps)
+        out[name] = {"success_rate": res["success_rate"],
+                     "per_task": [{"task_id": t["task_id"], "success_rate": t["success_rate"],
+                                   "steps_mean": float(np.mean(t["steps"]))} for t in res["tasks"]]}
+    return out
 
 
 def _stitch_data(cfg: DictConfig, probe: DictConfig, data_dir: str) -> tuple[Path, dict[str, Any]]:
@@ -381,6 +403,9 @@ def stitching_study(cfg: DictConfig, out: Path) -> dict[str, Any]:
     probe = compose_job("train_diffuser", env_override + train_overrides + [f"norm={norms[0]}"])
     maze, horizon = str(probe.env.name), int(probe.env.horizon)
     og = OmegaConf.select(probe, "env.ogbench")
+    require(og is None or str(og.controller) == "kinematic",
+            f"env.ogbench.controller={None if og is None else og.controller}: OGBench's point is kinematic, "
+            "so plans are followed by the kinematic PlanFollower ('kinematic')")
     benchmark = "maze2d" if og is None else "ogbench"
     title = f"{maze} stitch tasks" if og is None else f"OGBench {og.env} tasks"
 
@@ -406,11 +431,17 @@ def stitching_study(cfg: DictConfig, out: Path) -> dict[str, Any]:
     for (n, s), trial in zip(grid, trials):
         runs[n][s] = trial
 
+    references = None
+    if og is not None:
+        tic = time.perf_counter()
+        references = ogbench_references(maze, int(cfg.episodes_per_task), int(cfg.eval_seed), max_steps, replan)
+        timings["references"] = round(time.perf_counter() - tic, 1)
+
     baseline = str(cfg.baseline)
     summary, comparisons = summarize(runs, baseline)
     task_summary = summarize_tasks(runs, baseline)
     figures = _figures(out, title, maze, norms, seeds[0], runs_dir, summary, task_summary, baseline,
-                       int(cfg.plot_tasks), int(cfg.episodes_per_task))
+                       int(cfg.plot_tasks), int(cfg.episodes_per_task), references)
     timings["total"] = round(time.perf_counter() - start, 1)
     results = {
         "settings": OmegaConf.to_container(cfg, resolve=True), "env": maze, "benchmark": benchmark,
@@ -423,6 +454,7 @@ def stitching_study(cfg: DictConfig, out: Path) -> dict[str, Any]:
         "summary": summary,
         "comparison_vs_baseline": comparisons,
         "per_task": task_summary,
+        "references": references,
         "figures": figures,
         "wall_time_s": timings,
     }
@@ -436,4 +468,7 @@ def stitching_study(cfg: DictConfig, out: Path) -> dict[str, Any]:
         line += "; per task " + ", ".join(f"{t.get('task_id', k)}: {t['success_rate'][n]['mean']:.0%}"
                                           for k, t in enumerate(task_summary))
         print(line)
+    for name, ref in (references or {}).items():
+        print(f"{title}, reference {name}: success {ref['success_rate']:.0%}; per task "
+              + ", ".join(f"{t['task_id']}: {t['success_rate']:.0%}" for t in ref["per_task"]))
     return results

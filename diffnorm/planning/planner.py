@@ -84,11 +84,12 @@ class DiffuserPlanner:
 
 
 class GoalOnlyPlanner:
-    """The floor a learnt planner must beat: the plan ``[start, goal at rest]``, so the published
-    controller steers straight at the goal from the first step (walls in the way stop it)."""
+    """The floor a learnt planner must beat: the plan ``[start, goal at rest]``, so the controller (the
+    published one, or OGBench's kinematic follower) steers straight at the goal from the first step
+    (walls in the way stop it, or the point slides along them)."""
 
     def __call__(self, start_obs: np.ndarray, goal_xy: np.ndarray) -> np.ndarray:
         start_obs = np.asarray(start_obs, dtype=np.float64)
         goal_xy = np.asarray(goal_xy, dtype=np.float64)
-        goal = np.concatenate([goal_xy, np.zeros_like(goal_xy)], axis=1)
+        goal = np.concatenate([goal_xy, np.zeros((len(goal_xy), start_obs.shape[1] - 2))], axis=1)
         return np.stack([start_obs, goal], axis=1)

@@ -42,10 +42,12 @@ def norm_bars(path: Path, summary: dict[str, dict[str, Any]], metrics: list[tupl
 
 
 def task_bars(path: Path, tasks: list[str], rows: list[dict[str, dict[str, Any]]], baseline: str,
-              title: str = "", ylabel: str = "success rate") -> Path:
+              title: str = "", ylabel: str = "success rate", references: dict[str, list[float]] | None = None
+              ) -> Path:
     """PNG of one metric per task: for each task (``tasks`` labels, ``rows[k][norm]`` = per-seed values, mean
     and 95% CI as ``_seed_interval`` gives them) a group of bars, one per norm, with the CI and the seeds as
-    dots; the baseline hatched. Per-task rates tell a norm that fails one long task from one that fails all."""
+    dots; the baseline hatched. Per-task rates tell a norm that fails one long task from one that fails all.
+    ``references`` (name -> one value per task) are drawn as a marked line across each task's group."""
     norms = list(rows[0]) if rows else []
     width = 0.8 / max(len(norms), 1)
     fig, ax = plt.subplots(figsize=(1.5 + 1.6 * len(tasks), 3.8))
@@ -63,6 +65,9 @@ def task_bars(path: Path, tasks: list[str], rows: list[dict[str, dict[str, Any]]
             seeds = [v for v in cell["per_seed"] if v is not None]
             ax.scatter(x[k] + np.linspace(-0.25, 0.25, len(seeds)) * width if len(seeds) > 1 else [x[k]], seeds,
                        color="black", s=8, zorder=5)
+    for (name, values), style in zip((references or {}).items(), ("--", ":", "-.")):
+        for k, v in enumerate(values):
+            ax.plot([k - 0.45, k + 0.45], [v, v], style, color="black", lw=1.2, label=name if k == 0 else None)
     ax.set_xticks(np.arange(len(tasks)), [t.replace(": ", "\n") for t in tasks], fontsize=7)
     ax.set_ylabel(ylabel)
     ax.set_ylim(0, 1.05)  # a rate: the whole scale, so a near-zero result looks like one
