@@ -90,6 +90,7 @@ class TrainSchema:
     compile: bool
     num_threads: Optional[int]
     progress: bool
+    shards: int = 1  # CPU batch shards on threads (diffnorm.training.step)
 
 
 @dataclass

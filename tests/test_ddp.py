@@ -156,3 +156,28 @@ def test_shards_refuse_batch_statistics_and_gpu_and_ddp():
     step = GradientStep(build_diffusion(tiny_cfg()), 1, torch.device("cpu"), dist=DistInfo(0, 2, 0))
     with pytest.raises(ConfigError, match="divide evenly"):
         step(tiny_dataset(), [0, 1, 2], step_generator(0, 0))
+
+
+def test_torchrun_two_ranks_train_diffuser_script(tmp_path):
+    """The real entry point under torchrun: rank 0 generates the data and writes one run directory."""
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    tiny = ["model.dim=8", "model.dim_mults=[1,2,2]", "env.horizon=32", "env.n_diffusion_steps=8",
+            "env.dataset_steps=3000", "train.batch_size=4", "train.grad_accumulation=1", "train.n_samples=2",
+            "train.num_threads=1", "train.progress=false", "train.steps=3", "train.sample_every=0",
+            "train.log_every=1"]
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           str(ROOT / "scripts" / "train_diffuser.py"), *tiny, f"data_dir={tmp_path / 'data'}", f"hydra.run.dir={run}"]
+    env = dict(os.environ, MPLBACKEND="Agg", OMP_NUM_THREADS="1")
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    import json
+
+    res = json.loads((run / "results.json").read_text())
+    assert res["world_size"] == 2 and res["steps"] == 3 and np.isfinite(res["final_loss"])
+    assert len(losses(run)) == 3
+    assert len(list((tmp_path / "data").glob("*.hdf5"))) == 1

@@ -26,6 +26,7 @@ from diffnorm.experiments.common import require, resolve_device, seed_everything
 from diffnorm.plotting.diffuser import loss_curve, plan_grid
 from diffnorm.training.build import build_diffusion
 from diffnorm.training.checkpoint import CONFIG, SCALER, load_scaler, write_run_files
+from diffnorm.training.distributed import barrier, init_distributed
 from diffnorm.training.loop import _seeded, collate, train_diffusion
 
 log = logging.getLogger(__name__)
@@ -138,24 +139,32 @@ def train_diffuser(cfg: DictConfig, out: Path) -> dict[str, Any]:
     """Train the Diffuser of ``cfg`` into ``out``; with ``train.resume`` continue the run found there."""
     start = time.perf_counter()
     _configure_threads(cfg)
-    device = resolve_device(str(cfg.device))
+    # Under torchrun (WORLD_SIZE > 1): join the process group; rank 0 alone generates data and writes files.
+    dist, device = init_distributed(resolve_device(str(cfg.device)))
     seed_everything(int(cfg.seed))
     diffusion = build_diffusion(cfg)  # first, so a bad horizon or norm fails before any data work
     scaler = _check_resume_matches(out, cfg) if cfg.train.resume else None
+    if not dist.is_main:
+        barrier()  # rank 0 generates (and caches) the dataset first
     dataset = load_training_data(cfg, scaler)
-    write_run_files(out, cfg, dataset.scaler)  # on resume: same scaler, config updated (e.g. train.steps)
+    if dist.is_main:
+        barrier()
+        write_run_files(out, cfg, dataset.scaler)  # on resume: same scaler, config updated (e.g. train.steps)
     sampler = PlanSampler(cfg, dataset, out)
     n_params = sum(p.numel() for p in diffusion.parameters())
     log.info("%s with norm=%s: %d parameters, device %s, %d torch threads", cfg.model.name, cfg.norm.name,
              n_params, device, torch.get_num_threads())
     summary, _ = train_diffusion(diffusion, dataset, cfg.train, int(cfg.seed), out, device, cfg,
                                    on_sample=sampler)
+    if not dist.is_main:
+        return summary
     loss_png = loss_curve(out / "loss.png", summary["loss_curve"],
                           title=f"{cfg.env.name}, norm={cfg.norm.name}")
     results = {
         "env": cfg.env.name, "norm": OmegaConf.to_container(cfg.norm, resolve=True),
         "model": OmegaConf.to_container(cfg.model, resolve=True), "parameters": n_params,
         "device": str(device), "torch_threads": torch.get_num_threads(), "n_windows": len(dataset),
+        "world_size": dist.world_size, "shards": int(cfg.train.get("shards", 1)),
         **summary,
         "samples": sampler.history[-1] if sampler.history else None,
         "samples_over_time": [{"step": h["step"], **h["plans"]} for h in sampler.history],

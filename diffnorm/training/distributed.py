@@ -1,5 +1,5 @@
-"""Multi-process data parallelism with PyTorch DDP, started by ``torchrun`` (or any launcher that sets
-WORLD_SIZE, RANK and LOCAL_RANK, as torchrun and SLURM-aware launchers do).
+"""Multi-process data parallelism with PyTorch DDP, started by ``torchrun`` (WORLD_SIZE, RANK, LOCAL_RANK)
+or as SLURM tasks (SLURM_NTASKS, SLURM_PROCID, SLURM_LOCALID, with MASTER_ADDR/MASTER_PORT exported).
 
     torchrun --nproc_per_node=4 scripts/train_diffuser.py env=maze2d_large hydra.run.dir=runs/large_group
 
@@ -40,6 +40,9 @@ def dist_info() -> DistInfo:
     if dist.is_available() and dist.is_initialized():
         return DistInfo(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)))
     env = os.environ
+    if "WORLD_SIZE" not in env and int(env.get("SLURM_NTASKS", 1)) > 1 and "MASTER_ADDR" in env:
+        # SLURM tasks (e.g. hydra/launcher=submitit_slurm with tasks_per_node > 1) instead of torchrun.
+        return DistInfo(int(env["SLURM_PROCID"]), int(env["SLURM_NTASKS"]), int(env.get("SLURM_LOCALID", 0)))
     return DistInfo(int(env.get("RANK", 0)), int(env.get("WORLD_SIZE", 1)), int(env.get("LOCAL_RANK", 0)))
 
 
@@ -58,7 +61,8 @@ def init_distributed(device: torch.device) -> tuple[DistInfo, torch.device]:
                 f"LOCAL_RANK={info.local_rank} but only {torch.cuda.device_count()} GPUs are visible")
         device = torch.device("cuda", info.local_rank)
         torch.cuda.set_device(device)
-    dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo", rank=info.rank,
+                            world_size=info.world_size)  # MASTER_ADDR / MASTER_PORT from the environment
     info = dist_info()
     log.info("DDP rank %d of %d on %s", info.rank, info.world_size, device)
     return info, device
