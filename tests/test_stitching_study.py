@@ -44,7 +44,8 @@ def test_stitching_study_writes_results_cis_and_figures(script, tmp_path):
     # Same run directory again: the finished trainings are reused, only the evaluation runs.
     proc = script("stitching_study", *_tiny(tmp_path), run_dir=run)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert all(r["training"]["reused"] for by in load_results(run)["runs"].values() for r in by.values())
+    again = [r for by in load_results(run)["runs"].values() for r in by.values()]
+    assert all(r["training"]["reused"] and r["evaluation_reused"] for r in again)
 
 
 def test_unknown_norm_is_one_line_error(script, tmp_path):

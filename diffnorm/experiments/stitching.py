@@ -58,6 +58,7 @@ METRICS = (("success_rate", "success rate (goal reached at any step)"),
            ("plan_connected", "t = 0 plans reaching the goal through neighbouring free cells"),
            ("plan_to_bfs_ratio", "plan cell moves (Manhattan, to the goal cell) / BFS distance"))
 _REUSE_MARKER = "study_overrides.json"
+_EVAL_MARKER = "stitch_eval_settings.json"
 
 
 def plan_path_stats(maze: str, plan_xy: np.ndarray, goal_cell: tuple[int, int], bfs_distance: int) -> dict[str, Any]:
@@ -207,7 +208,8 @@ def run_trial(overrides: list[str], run: str, maze: str, episodes_per_task: int,
     """Train (or reuse) one planner and evaluate it on the stitch tasks (``benchmark``: maze2d = ours,
     ogbench = OGBench's); top-level for worker processes.
 
-    A run is reused when it finished (results.json and weights present) with the same overrides."""
+    A run is reused when it finished (results.json and weights present) with the same overrides, and its
+    evaluation when that was made with the same settings."""
     from diffnorm.experiments.diffuser import train_diffuser
 
     out = Path(run)
@@ -221,12 +223,24 @@ def run_trial(overrides: list[str], run: str, maze: str, episodes_per_task: int,
         marker.unlink(missing_ok=True)
         training = train_diffuser(compose_job("train_diffuser", overrides), out)
         marker.write_text(json.dumps(overrides))
-    evaluate = evaluate_on_ogbench_tasks if benchmark == "ogbench" else evaluate_on_tasks
-    metrics, arrays = evaluate(out, maze, episodes_per_task, eval_seed, max_steps, replan_every, device)
-    np.savez_compressed(out / "stitch_rollouts.npz", **arrays)
-    (out / "stitch_eval.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    return {"training": {"reused": reused, **{k: training.get(k) for k in ("final_loss", "steps", "wall_time_s",
-                                                                         "parameters", "n_windows")}},
+    # An evaluation is reused too when the training was and its settings match (a rerun for figures or
+    # references costs seconds, not the minutes of planning rollouts).
+    settings = {"benchmark": benchmark, "episodes_per_task": episodes_per_task, "eval_seed": eval_seed,
+                "max_steps": max_steps, "replan_every": replan_every}
+    eval_marker, eval_file, arrays_file = out / _EVAL_MARKER, out / "stitch_eval.json", out / "stitch_rollouts.npz"
+    eval_reused = bool(reused and eval_marker.is_file() and json.loads(eval_marker.read_text()) == settings
+                       and eval_file.is_file() and arrays_file.is_file())
+    if eval_reused:
+        metrics = json.loads(eval_file.read_text())
+    else:
+        eval_marker.unlink(missing_ok=True)
+        evaluate = evaluate_on_ogbench_tasks if benchmark == "ogbench" else evaluate_on_tasks
+        metrics, arrays = evaluate(out, maze, episodes_per_task, eval_seed, max_steps, replan_every, device)
+        np.savez_compressed(arrays_file, **arrays)
+        eval_file.write_text(json.dumps(metrics, indent=2) + "\n")
+        eval_marker.write_text(json.dumps(settings))
+    kept = ("final_loss", "steps", "wall_time_s", "parameters", "n_windows")
+    return {"evaluation_reused": eval_reused, "training": {"reused": reused, **{k: training.get(k) for k in kept}},
             **metrics}
 
 
