@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from hydra.errors import CompactHydraException
 from omegaconf import DictConfig, OmegaConf
 
 
@@ -193,20 +194,10 @@ def _hydra_job() -> tuple[str | None, bool]:
     return hydra_cfg.job.config_name, hydra_cfg.mode == RunMode.MULTIRUN
 
 
-class SweepJobFailed(Exception):
+class SweepJobFailed(CompactHydraException):
     """Raised to Hydra for a failed job of a multirun: Hydra finishes the other jobs first, then prints
-    this message (no stack trace, see ``_compact``) and exits non-zero."""
-
-
-def _compact(err: Exception) -> Exception:
-    # Hydra prints a CompactHydraException as its message alone; subclassing at call time keeps Hydra's
-    # private module out of import time.
-    from hydra.errors import CompactHydraException
-
-    class SweepJobFailedCompact(SweepJobFailed, CompactHydraException):
-        pass
-
-    return SweepJobFailedCompact(str(err))
+    this message alone (a CompactHydraException has no stack trace) and exits non-zero. A module-level
+    class, so process launchers (joblib) can pickle it back to the sweep."""
 
 
 def _record_failure(out: Path, err: BaseException, user_error: bool) -> Path:
@@ -244,7 +235,7 @@ def run_job(job: Callable[[DictConfig, Path], Any], cfg: DictConfig) -> None:
         if not multirun:
             sys.exit(code)
         record = _record_failure(out, err, user_error=True)
-        raise _compact(f"error: job {out.name} of the sweep failed: {err} (recorded in {record})") from None
+        raise SweepJobFailed(f"error: job {out.name} of the sweep failed: {err} (recorded in {record})") from None
     except Exception as err:
         if multirun:  # a bug: keep its trace, in error.json and on stderr, and let the sweep go on
             _record_failure(out, err, user_error=False)

@@ -114,17 +114,29 @@ def _sigint_flag() -> Iterator[dict[str, bool]]:
         signal.signal(signal.SIGINT, previous)
 
 
-def _check_finite(window: list[torch.Tensor], done: int, saved: int | None, out: Path, lr: float) -> None:
-    """Raise TrainingDiverged if a loss of the steps in ``window`` (ending at step ``done``) is NaN or
+def _agree(unchecked: list[torch.Tensor], stop: bool, world_size: int) -> tuple[torch.Tensor, bool]:
+    """The unchecked per-step losses and the Ctrl-C flag, summed over ranks under DDP (a NaN on any
+    rank is a NaN everywhere; one rank's SIGINT stops all), as they are without a process group."""
+    losses = torch.stack(unchecked) if unchecked else torch.zeros(0)
+    if world_size == 1:
+        return losses, stop
+    import torch.distributed as dist
+
+    both = torch.cat([losses.float(), torch.tensor([float(stop)], device=losses.device)])
+    dist.all_reduce(both, op=dist.ReduceOp.SUM)
+    return both[:-1], bool(both[-1] > 0)
+
+
+def _check_finite(losses: torch.Tensor, done: int, saved: int | None, out: Path, lr: float) -> None:
+    """Raise TrainingDiverged if a loss of the steps in ``losses`` (ending at step ``done``) is NaN or
     infinite. Called only where the loop synchronizes anyway (log and checkpoint steps)."""
-    if not window:
+    if not len(losses):
         return
-    losses = torch.stack(window)
     finite = torch.isfinite(losses)
     if bool(finite.all()):
         return
     first = int((~finite).nonzero()[0, 0])
-    step = done - len(window) + first + 1
+    step = done - len(losses) + first + 1
     kept = (f"the last good checkpoint, step {saved}, is kept in {out / CHECKPOINT}" if saved is not None
             else "no checkpoint had been written yet")
     raise TrainingDiverged(f"loss is {float(losses[first])} at step {step} (train.lr={lr}); training stopped and "
@@ -209,10 +221,15 @@ def train_diffusion(diffusion: GaussianDiffusion, dataset: Sequence[dict[str, An
             bar.update(1)
 
             log_now = done % int(cfg.log_every) == 0 or done == total
-            save_now = done % int(cfg.checkpoint_every) == 0 or done == total or sigint["stop"]
-            if log_now or save_now:  # both synchronize anyway; a NaN stops the run before it is saved
-                _check_finite(unchecked, done, saved, out, float(cfg.lr))
+            save_now = done % int(cfg.checkpoint_every) == 0 or done == total
+            # Under DDP every rank must take the same branch: a Ctrl-C is acted on only at a log or
+            # checkpoint step, where all ranks agree on it (and on NaN losses) in one all-reduce.
+            stop = sigint["stop"] and info.world_size == 1
+            if log_now or save_now or stop:  # these steps synchronize anyway; a NaN stops before saving
+                losses, stop = _agree(unchecked, sigint["stop"], info.world_size)
+                _check_finite(losses, done, saved, out, float(cfg.lr))
                 unchecked = []
+                save_now = save_now or stop
             if log_now:
                 elapsed = time.perf_counter() - t0
                 rows.append({"step": done, "loss": float(mean_across_ranks(torch.stack(window).mean())),
@@ -226,7 +243,7 @@ def train_diffusion(diffusion: GaussianDiffusion, dataset: Sequence[dict[str, An
                 path = (save_training_state(out, run_cfg, diffusion.model, ema.average.model, optimizer, done)
                         if info.is_main else out / CHECKPOINT)
                 saved = done
-            if sigint["stop"] and done < total:
+            if stop and done < total:
                 bar.close()
                 raise TrainingInterrupted(f"SIGINT at step {done} of {total}: checkpoint written to {path}; "
                                           f"continue with train.resume=true hydra.run.dir={out}")
