@@ -170,8 +170,22 @@ def _plain_step(net: PlainTemporalUnet, data: list[dict], batch: int, n_steps: i
     return step
 
 
+@dataclass
+class _Variant:
+    label: str
+    norm: str
+    make: Callable[[], tuple[Callable[[], Any], Callable[[], None]]]
+    threads: int
+    warmup: int
+    note: str = ""
+
+
 def train_rows(s: BenchSettings, device: torch.device, matmul: float) -> list[Row]:
-    """Training throughput rows; the plain reference first at each (H, B)."""
+    """Training throughput rows; the plain reference first at each (H, B).
+
+    The variants of one (H, B) are timed round-robin (one step of each, then again), so a change in the
+    machine's load during the run hits all of them alike instead of whichever was running at the time.
+    """
     sizes = [(16, 8)] if s.tiny else [(128, 32)]
     if s.full or device.type == "cuda":
         sizes += [(128, 256), (384, 32), (384, 256)]
@@ -184,24 +198,6 @@ def train_rows(s: BenchSettings, device: torch.device, matmul: float) -> list[Ro
         n_steps = PUBLISHED_STEPS.get(horizon, 64)
         torch.manual_seed(0)
         flops = step_flops(TemporalUnet(horizon, TRANSITION_DIM, **kwargs).to(device), horizon, batch, device)
-
-        def measure(variant: str, norm: str | None, make: Callable[[], tuple[Callable, Callable]],
-                    warmup: int = s.warmup, note: str = "") -> Row:
-            log.info("timing %s H=%d B=%d norm=%s (load %s)", variant, horizon, batch, norm, load())
-            torch.set_num_threads(s.threads)
-            step, close = make()
-            try:
-                compile_start = time.perf_counter()
-                times = time_calls(step, s.repeats, warmup, device)
-                first = time.perf_counter() - compile_start - sum(times)
-            finally:
-                close()
-            med = statistics.median(times)
-            row = Row("train", variant, horizon, batch, norm, med, batch / med, flops / med / 1e9, note=note,
-                      extra={"times_s": [round(t, 4) for t in times], "warmup_s": round(first, 2), "load": load(),
-                             "gflop_per_step": round(flops / 1e9, 3), "matmul_fraction": flops / med / 1e9 / matmul})
-            rows.append(row)
-            return row
 
         def plain() -> tuple[Callable, Callable]:
             torch.manual_seed(0)
@@ -217,28 +213,56 @@ def train_rows(s: BenchSettings, device: torch.device, matmul: float) -> list[Ro
                 return _package_step(diffusion, data, batch, device, shards_, compiled, bf16)
             return make
 
-        if device.type == "cpu":
-            ref = measure("plain reference (eager fp32, intra-op threads)", "group", plain)
-        else:
-            ref = measure("plain reference (eager fp32)", "group", plain)
-        for norm in s.norms:
-            label = f"package eager fp32, {shards} shard threads" if shards > 1 else "package eager fp32"
-            measure(label, norm, package(norm, shards))
+        cpu = device.type == "cpu"
+        variants = [_Variant("plain reference (eager fp32" + (f", {s.threads} intra-op threads)" if cpu else ")"),
+                     "group", plain, s.threads, s.warmup)]
+        label = f"package eager fp32, {shards} shard threads" if shards > 1 else "package eager fp32"
+        variants += [_Variant(label, norm, package(norm, shards), s.threads, s.warmup) for norm in s.norms]
         if shards > 1:
-            measure("package eager fp32, intra-op threads (shards=1)", "group", package("group", 1),
-                    note="isolates the shard threads' part of the speed-up")
+            variants.append(_Variant(f"package eager fp32, {s.threads} intra-op threads (shards=1)", "group",
+                                     package("group", 1), s.threads, s.warmup,
+                                     "isolates the shard threads' part of the speed-up"))
+            variants.append(_Variant("plain reference on 1 thread", "group", plain, 1, s.warmup,
+                                     "context: what one core gives the plain code"))
         if use_compile:
-            for norm in s.norms:
-                measure("package torch.compile fp32", norm, package(norm, 1, compiled=True), warmup=3,
-                        note="first steps compile (warmup_s)")
+            variants += [_Variant("package torch.compile fp32", norm, package(norm, 1, compiled=True), s.threads, 3,
+                                  "first steps compile (warmup_s)") for norm in s.norms]
         if device.type == "cuda":
             for norm in s.norms:
-                measure("package eager bf16", norm, package(norm, 1, bf16=True))
+                variants.append(_Variant("package eager bf16", norm, package(norm, 1, bf16=True), s.threads, s.warmup))
                 if use_compile:
-                    measure("package torch.compile bf16", norm, package(norm, 1, compiled=True, bf16=True), warmup=3)
-        for row in rows:
-            if row.horizon == horizon and row.batch == batch:
-                row.vs_plain = row.per_s / ref.per_s
+                    variants.append(_Variant("package torch.compile bf16", norm,
+                                             package(norm, 1, compiled=True, bf16=True), s.threads, 3))
+        built = []
+        try:
+            for v in variants:
+                log.info("building and warming up %s H=%d B=%d norm=%s (load %s)", v.label, horizon, batch, v.norm,
+                         load())
+                torch.set_num_threads(v.threads)
+                step, close = v.make()
+                built.append((v, step, close))
+                start = time.perf_counter()
+                time_calls(step, 0, v.warmup, device)
+                v.note = v.note.replace("(warmup_s)", f"(warmup {time.perf_counter() - start:.0f} s)")
+            times: dict[int, list[float]] = {i: [] for i in range(len(built))}
+            for rep in range(s.repeats):
+                log.info("round %d of %d (load %s)", rep + 1, s.repeats, load())
+                for i, (v, step, _) in enumerate(built):
+                    torch.set_num_threads(v.threads)
+                    times[i] += time_calls(step, 1, 0, device)
+        finally:
+            for _, _, close in built:
+                close()
+            torch.set_num_threads(s.threads)
+        first = len(rows)
+        for i, (v, _, _) in enumerate(built):
+            med = statistics.median(times[i])
+            rows.append(Row("train", v.label, horizon, batch, v.norm, med, batch / med, flops / med / 1e9, note=v.note,
+                            extra={"threads": v.threads, "times_s": [round(t, 4) for t in times[i]], "load": load(),
+                                   "gflop_per_step": round(flops / 1e9, 3),
+                                   "matmul_fraction": flops / med / 1e9 / matmul}))
+        for row in rows[first:]:
+            row.vs_plain = row.per_s / rows[first].per_s
     return rows
 
 
@@ -252,6 +276,9 @@ def plan_rows(s: BenchSettings, device: torch.device) -> list[Row]:
     horizons = [16] if s.tiny else [128, 384]
     batch = 4 if s.tiny else s.planning_batch
     fast_sampler, fast_steps = s.fast_sampler
+    # CPU: plan_maze's default of 1 thread (configs/plan_maze.yaml: fastest for batched small convolutions
+    # on shared cores); CUDA: the setting is irrelevant.
+    threads = 1 if device.type == "cpu" else s.threads
     rows = []
     for horizon in horizons:
         n_steps = 8 if s.tiny else PUBLISHED_STEPS[horizon]
@@ -269,33 +296,35 @@ def plan_rows(s: BenchSettings, device: torch.device) -> list[Row]:
         for label, sampler, steps, model in variants:
             diffusion = GaussianDiffusion(model, horizon, n_diffusion_steps=n_steps)
             log.info("timing planning %s H=%d (load %s)", label, horizon, load())
-            torch.set_num_threads(s.threads)
+            torch.set_num_threads(threads)
             times = time_calls(lambda d=diffusion, sm=sampler, st=steps: d.sample(
                 conditions, sampler=sm, num_steps=st, generator=torch.Generator().manual_seed(0)),
                 repeats=1 if device.type == "cpu" else 5, warmup=1 if device.type == "cuda" or s.tiny else 0,
                 device=device)
             med = statistics.median(times)
-            rows.append(Row("plan", label, horizon, batch, "group", med, batch / med,
-                            extra={"diffusion_steps": n_steps, "sampler_steps": steps, "load": load()}))
+            rows.append(Row("plan", label, horizon, batch, "group", med, batch / med, note=f"{threads} thread(s)",
+                            extra={"diffusion_steps": n_steps, "sampler_steps": steps, "load": load(),
+                                   "threads": threads}))
     return rows
 
 
 def probe_rows(s: BenchSettings, device: torch.device) -> list[Row]:
-    """The leak-probe job's two costly parts at its configured sizes (configs/probe, configs/leak_probe):
-    probes for every site trained together (1000 Adam steps, batch 1024 columns) and one influence map
-    (jacrev over output rows 0, 5, 10, ... of one H=128 sample)."""
+    """The leak-probe job's two costly parts at its configured sizes (configs/probe, configs/leak_probe),
+    on one thread as the job runs them: probes for every site trained together (batch 1024 columns; the
+    job runs 1000 steps, this row 50) and one influence map (jacrev over output rows 0, 5, 10, ... of one
+    H=128 sample)."""
     from diffnorm.analysis.influence import influence_map
     from diffnorm.probing.hooks import record_activations
     from diffnorm.probing.probes import SiteProbes
 
     horizon = 16 if s.tiny else 128
-    steps, n_inputs = (20, 4) if s.tiny else (200, 32)  # the job runs 1000 steps: ~5x this row
+    steps, n_inputs = (20, 4) if s.tiny else (50, 32)  # the job runs 1000 steps: ~20x this row
     torch.manual_seed(0)
     net = TemporalUnet(horizon, TRANSITION_DIM, **network_kwargs(s.tiny)).eval()
     sites = net.probe_sites()
     x = torch.randn(n_inputs, horizon, TRANSITION_DIM)
     t = torch.zeros(n_inputs, dtype=torch.long)
-    torch.set_num_threads(s.threads)
+    torch.set_num_threads(1)  # leak_probe.yaml's default (num_threads: 1), as the job runs it
     start = time.perf_counter()
     with torch.no_grad(), record_activations(net, sites) as acts:
         net(x, t)
@@ -309,8 +338,9 @@ def probe_rows(s: BenchSettings, device: torch.device) -> list[Row]:
     for length, group in by_length.items():
         SiteProbes([a.shape[1] for a in group], seed=0).fit(group, torch.linspace(-1, 1, length), steps=steps)
     fit_s = time.perf_counter() - start
-    rows.append(Row("probe", f"probe training: {len(sites)} sites, {steps} steps, {n_inputs} inputs", horizon,
-                    n_inputs, "group", fit_s, note=f"activations forward {forward_s:.2f} s", extra={"load": load()}))
+    rows.append(Row("probe", f"probe training: {len(sites)} sites, {steps} Adam steps of 1024 columns", horizon,
+                    n_inputs, "group", fit_s, per_s=steps / fit_s,
+                    note=f"activations of {n_inputs} inputs: forward {forward_s:.2f} s", extra={"load": load()}))
     start = time.perf_counter()
     influence_map(net, x[:1], t[:1], rows=range(0, horizon, 5), chunk_size=96)
     rows.append(Row("probe", "influence map: 1 sample, rows 0,5,10,... (jacrev)", horizon, 1, "group",
@@ -330,6 +360,16 @@ def data_rows(s: BenchSettings) -> list[Row]:
                 extra={"load": load()})]
 
 
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def run_bench(s: BenchSettings) -> dict[str, Any]:
     """Run the selected sections; returns the JSON-able record (settings, machine, load, rows)."""
     device = torch.device("cuda" if s.device == "auto" and torch.cuda.is_available() else
@@ -338,6 +378,9 @@ def run_bench(s: BenchSettings) -> dict[str, Any]:
     started, load_before = time.perf_counter(), load()
     matmul = matmul_gflops(256 if s.tiny else s.matmul_size, device)
     log.info("fp32 matmul %.1f GFLOP/s on %s, %d threads (load %s)", matmul, device, s.threads, load_before)
+    torch.set_num_threads(1)
+    matmul_1 = matmul_gflops(256 if s.tiny else s.matmul_size, device) if device.type == "cpu" else None
+    torch.set_num_threads(s.threads)
     rows: list[Row] = []
     if "train" in s.sections:
         rows += train_rows(s, device, matmul)
@@ -349,9 +392,9 @@ def run_bench(s: BenchSettings) -> dict[str, Any]:
         rows += data_rows(s)
     record = {
         "device": str(device), "device_name": (torch.cuda.get_device_name(device) if device.type == "cuda"
-                                               else platform.processor() or platform.machine()),
+                                               else _cpu_name()),
         "cpu_count": os.cpu_count(), "torch": torch.__version__, "threads": s.threads,
-        "settings": asdict(s), "matmul_fp32_gflops": matmul, "load_before": load_before, "load_after": load(),
+        "settings": asdict(s), "matmul_fp32_gflops": matmul, "matmul_fp32_gflops_1_thread": matmul_1, "load_before": load_before, "load_after": load(),
         "wall_s": round(time.perf_counter() - started, 1), "rows": [asdict(r) for r in rows],
         "date_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime()),
     }
@@ -375,13 +418,15 @@ def _budget(rows: list[Row]) -> dict[str, Any] | None:
 def format_table(record: dict[str, Any]) -> str:
     """The one table: a Markdown table, also what the script prints."""
     lines = [f"device {record['device']} ({record['device_name']}), torch {record['torch']}, "
-             f"{record['threads']} threads, fp32 matmul {record['matmul_fp32_gflops']:.1f} GFLOP/s, "
+             f"{record['threads']} threads, fp32 matmul {record['matmul_fp32_gflops']:.1f} GFLOP/s"
+             + (f" ({record['matmul_fp32_gflops_1_thread']:.1f} on 1 thread)"
+                if record.get("matmul_fp32_gflops_1_thread") else "") + ", "
              f"load before/after {record['load_before']} / {record['load_after']}, wall {record['wall_s']} s",
              "",
              "| section | variant | H | B | norm | time (s) | per s | GFLOP/s (% matmul) | x plain |",
              "|---|---|---:|---:|---|---:|---:|---:|---:|"]
     for r in record["rows"]:
-        unit = {"train": "traj/s", "plan": "plans/s", "data": "steps/s"}.get(r["section"], "")
+        unit = {"train": "traj/s", "plan": "plans/s", "data": "steps/s", "probe": "steps/s"}.get(r["section"], "")
         gf = (f"{r['gflops']:.1f} ({100 * r['extra']['matmul_fraction']:.0f} %)" if r["gflops"] is not None else "")
         lines.append("| " + " | ".join([
             r["section"], r["variant"] + (f" — {r['note']}" if r["note"] else ""),

@@ -80,18 +80,13 @@ class GradientStep:
                     f"train.shards={shards} would change what a batch-statistics norm computes; use 1")
         self.shards = shards
         self.params = [p for p in diffusion.parameters() if p.requires_grad]
-        self._pool, self._threads = None, torch.get_num_threads()
-        if shards > 1:
-            # One intra-op thread everywhere (new threads read this setting): the shards are the parallelism.
-            torch.set_num_threads(1)
-            self._pool = ThreadPoolExecutor(shards, thread_name_prefix="shard")
+        self._pool = ThreadPoolExecutor(shards, thread_name_prefix="shard") if shards > 1 else None
 
     def close(self) -> None:
-        """Stop the shard threads and restore the intra-op thread count."""
+        """Stop the shard threads."""
         if self._pool is not None:
             self._pool.shutdown()
             self._pool = None
-            torch.set_num_threads(self._threads)
 
     def __call__(self, dataset: Sequence[dict[str, Any]], indices: Sequence[int], generator: torch.Generator,
                  sync: bool = True) -> torch.Tensor:
@@ -127,13 +122,18 @@ class GradientStep:
         blocks = [_block(n, self.shards, k) for k in range(self.shards)]
 
         def shard(rows: slice) -> tuple[torch.Tensor, tuple[torch.Tensor | None, ...]]:
+            torch.set_num_threads(1)  # this thread's intra-op pool: the shards are the parallelism
             weight = (rows.stop - rows.start) / n
             loss = self.diffusion.loss(x0[rows], {k: c[rows] for k, c in conditions.items()},
                                        denoiser=self.denoiser, drawn=(drawn[0][rows], drawn[1][rows]))
             loss = loss * weight / self.accum
             return loss.detach(), torch.autograd.grad(loss, self.params, allow_unused=True)
 
-        results = list(self._pool.map(shard, [b for b in blocks if b.stop > b.start]))
+        threads = torch.get_num_threads()
+        try:
+            results = list(self._pool.map(shard, [b for b in blocks if b.stop > b.start]))
+        finally:
+            torch.set_num_threads(threads)
         total = results[0][0]
         for loss, _ in results[1:]:
             total = total + loss
