@@ -463,6 +463,7 @@ def test_one_failed_job_in_a_sweep_does_not_lose_the_others(tmp_path, data_dir):
     assert errors[0].startswith("error: norm=group with {'groups': 3} cannot normalize 8 channels"), proc.stderr
     failed = json.loads((sweep / "0" / "error.json").read_text())
     assert failed["status"] == "failed" and failed["user_error"] and "groups': 3" in failed["error"]
+    assert failed["provenance"]["seeds"] == {"seed": 0, "data_seed": 0}
     assert not (sweep / "0" / "results.json").exists()
     done = json.loads((sweep / "1" / "results.json").read_text())
     assert done["steps"] == 2 and done["norm"] == {"name": "group", "groups": 4}

@@ -9,6 +9,7 @@ results.json with the job's seeds and the package versions.
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import functools
 import json
@@ -200,10 +201,14 @@ class SweepJobFailed(CompactHydraException):
     class, so process launchers (joblib) can pickle it back to the sweep."""
 
 
-def _record_failure(out: Path, err: BaseException, user_error: bool) -> Path:
+def _record_failure(out: Path, err: BaseException, user_error: bool, cfg: DictConfig) -> Path:
     path = out / "error.json"
+    provenance = _provenance(out)
+    if provenance["seeds"] is None:  # failed before the job started (validation): read them from cfg
+        with contextlib.suppress(Exception):  # a config too broken to resolve has no seeds to record
+            provenance["seeds"] = config_seeds(cfg)
     record = {"status": "failed", "error": str(err), "type": type(err).__name__, "user_error": user_error,
-              "traceback": None if user_error else traceback.format_exc(), "provenance": _provenance(out)}
+              "traceback": None if user_error else traceback.format_exc(), "provenance": provenance}
     atomic_write_bytes(path, (json.dumps(_jsonable(record), indent=2) + "\n").encode())
     return path
 
@@ -234,11 +239,11 @@ def run_job(job: Callable[[DictConfig, Path], Any], cfg: DictConfig) -> None:
         print(f"error: {err}", file=sys.stderr)
         if not multirun:
             sys.exit(code)
-        record = _record_failure(out, err, user_error=True)
+        record = _record_failure(out, err, user_error=True, cfg=cfg)
         raise SweepJobFailed(f"error: job {out.name} of the sweep failed: {err} (recorded in {record})") from None
     except Exception as err:
         if multirun:  # a bug: keep its trace, in error.json and on stderr, and let the sweep go on
-            _record_failure(out, err, user_error=False)
+            _record_failure(out, err, user_error=False, cfg=cfg)
             traceback.print_exc()
         raise
     finally:
