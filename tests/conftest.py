@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -30,3 +31,13 @@ def load_results(run_dir: Path) -> dict:
 @pytest.fixture
 def script():
     return run_script
+
+
+@pytest.fixture(scope="module")
+def single_thread():
+    """One torch thread for a module: small convolutions on a shared 2-core machine run far slower when
+    two OpenMP threads wait on busy cores. Modules opt in with ``pytestmark = pytest.mark.usefixtures``."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

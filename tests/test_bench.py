@@ -11,13 +11,7 @@ from diffusers import DDPMScheduler
 from diffnorm.bench.plain import PlainTemporalUnet, PlainTrainer, cosine_alphas_cumprod
 from diffnorm.models.temporal_unet import TemporalUnet
 
-
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def test_plain_reference_is_the_published_network_with_the_same_weights():

@@ -3,11 +3,18 @@ the controller, and the make_maze_dataset script."""
 
 import numpy as np
 import pytest
-
 from conftest import load_results
+
 from diffnorm.data.d4rl_format import D4RL_LAYOUT, load_d4rl_hdf5, read_attrs
-from diffnorm.data.generate import (RECIPE_VERSION, WaypointController, controller_returns, dataset_checks,
-                                    dataset_path, ensure_dataset, generate_maze2d)
+from diffnorm.data.generate import (
+    RECIPE_VERSION,
+    WaypointController,
+    controller_returns,
+    dataset_checks,
+    dataset_path,
+    ensure_dataset,
+    generate_maze2d,
+)
 from diffnorm.data.sequence import SequenceDataset
 from diffnorm.envs.maze2d import make_env, maze_spec
 from diffnorm.experiments.common import ConfigError

@@ -22,12 +22,7 @@ from diffnorm.training.step import GradientStep
 H = 16
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def tiny_cfg(norm: str = "group", **train) -> OmegaConf:

@@ -11,14 +11,7 @@ from diffnorm.diffusion.gaussian import SAMPLERS, GaussianDiffusion, make_schedu
 from diffnorm.experiments.common import ConfigError
 from diffnorm.models.temporal_unet import TemporalUnet
 
-
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    """Small convolutions on a shared 2-core box: two OpenMP threads waiting on busy cores run ~100x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def published_cosine_betas(T: int, s: float = 0.008) -> np.ndarray:

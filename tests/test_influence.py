@@ -37,12 +37,7 @@ LOCAL = ["none", "channel", "batch"]  # batch: eval mode uses population statist
 POOLING = ["group", "instance", "layer"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def unet(norm: str, horizon: int = H, seed: int = 0) -> TemporalUnet:

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from conftest import ROOT, load_results
 
 from diffnorm.experiments.common import ConfigError
@@ -22,12 +21,7 @@ SMALL = ["horizons=[96,128]", "influence.n_windows=1", "influence.row_stride=3",
          "leakage.chain_samples=2", "probe.n_train=16", "probe.n_test=48", "probe.steps=100", "probe.batch_size=256"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def train_overrides(data_dir: Path) -> str:

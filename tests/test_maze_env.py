@@ -4,8 +4,17 @@ import numpy as np
 import pytest
 
 from diffnorm.data.generate import PointMassSim
-from diffnorm.envs.maze2d import (CentredFrame, bfs_distances, build_point_maze, centred_frame, in_wall,
-                                  make_env, maze_names, maze_spec, normalized_score)
+from diffnorm.envs.maze2d import (
+    CentredFrame,
+    bfs_distances,
+    build_point_maze,
+    centred_frame,
+    in_wall,
+    make_env,
+    maze_names,
+    maze_spec,
+    normalized_score,
+)
 from diffnorm.experiments.common import ConfigError
 
 NAMES = ["maze2d-umaze", "maze2d-medium", "maze2d-large"]

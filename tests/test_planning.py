@@ -7,7 +7,6 @@ import shutil
 
 import numpy as np
 import pytest
-import torch
 from omegaconf import OmegaConf
 
 from diffnorm.envs.maze2d import GOAL_RADIUS, in_wall, maze_spec, normalized_score
@@ -27,13 +26,7 @@ from diffnorm.training.checkpoint import CONFIG, load_checkpoint
 UMAZE = "maze2d-umaze"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    """Small convolutions on a shared 2-core box run far faster on one thread (see test_training)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 # ---- the controller ----

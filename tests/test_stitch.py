@@ -6,13 +6,21 @@ import re
 
 import numpy as np
 import pytest
+from conftest import load_results
 from omegaconf import OmegaConf
 
-from conftest import load_results
 from diffnorm.data.d4rl_format import load_d4rl_hdf5, read_attrs, write_d4rl_hdf5
-from diffnorm.data.generate import (STITCH_RECIPE_VERSION, WaypointController, ensure_stitch_dataset,
-                                    generate_stitch, stitch_check, stitch_episode_stats, stitch_task_cells,
-                                    stitch_tasks, stitch_travel_cells)
+from diffnorm.data.generate import (
+    STITCH_RECIPE_VERSION,
+    WaypointController,
+    ensure_stitch_dataset,
+    generate_stitch,
+    stitch_check,
+    stitch_episode_stats,
+    stitch_task_cells,
+    stitch_tasks,
+    stitch_travel_cells,
+)
 from diffnorm.data.sequence import SequenceDataset
 from diffnorm.envs.maze2d import bfs_distances, in_wall, maze_spec
 from diffnorm.experiments.common import ConfigError, compose_job

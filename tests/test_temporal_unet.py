@@ -12,14 +12,7 @@ from diffnorm.models.blocks import SinusoidalTimeEmbedding
 from diffnorm.models.norms import NORM_LAYERS, is_norm, norm_factory
 from diffnorm.models.temporal_unet import TemporalUnet
 
-
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    """Small convolutions on a shared 2-core box: two OpenMP threads waiting on busy cores run ~100x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def n_params(model):

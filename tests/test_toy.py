@@ -3,9 +3,9 @@ import pytest
 import torch
 
 from diffnorm.models.norms import norm_factory
+from diffnorm.probing.stats import localized_indices
 from diffnorm.toy.localization import LocalizationCNN, predict, sample_inputs, train_localization
 from diffnorm.toy.packnorm import PackNorm, TwoStreamCNN, overlapping_pair, pair_loss
-from diffnorm.probing.stats import localized_indices
 
 
 def test_norm_free_cnn_is_exactly_translation_equivariant_in_the_interior():

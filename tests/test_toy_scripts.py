@@ -1,7 +1,6 @@
 """Every toy script end to end in a subprocess with tiny settings, and its bad-input errors."""
 
 import pytest
-
 from conftest import load_results
 
 TINY = ["steps=30", "seeds=[0]", "n_test=60", "workers=1", "length=24", "depth=2", "kernel_size=3", "hidden=8"]

@@ -30,13 +30,7 @@ from diffnorm.training.loop import METRICS, EpochOrder, step_generator, train_di
 H = 16
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    """Small convolutions on a shared 2-core box: two OpenMP threads waiting on busy cores run ~100x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def tiny_cfg(**train):
