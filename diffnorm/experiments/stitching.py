@@ -87,6 +87,15 @@ def _mean_or_none(values: list[Any]) -> float | None:
     return float(np.mean(kept)) if kept else None
 
 
+def _plan_path_means(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """A task's plan measures averaged over its episodes (the same for our mazes and OGBench's)."""
+    return {"plan_in_wall_fraction": float(np.mean([e["plan_in_wall_fraction"] for e in rows])),
+            "plan_connected": float(np.mean([e["plan_connected"] for e in rows])),
+            "plan_cell_moves_mean": float(np.mean([e["plan_cell_moves"] for e in rows])),
+            "plan_to_bfs_ratio": float(np.mean([e["plan_to_bfs_ratio"] for e in rows])),
+            "rollout_steps_to_goal": _mean_or_none([e["first_step_in_goal"] for e in rows])}
+
+
 def evaluate_on_tasks(run: Path, maze: str, episodes_per_task: int, seed: int, max_steps: int | None,
                       replan_every: int | None, device: str = "cpu") -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """Plan every stitch task of ``maze`` ``episodes_per_task`` times with the run's EMA model.
@@ -118,11 +127,7 @@ def evaluate_on_tasks(run: Path, maze: str, episodes_per_task: int, seed: int, m
         rows = [e for e in per_episode if e["task"] == task]
         per_task.append({"start_cell": list(start_cell), "goal_cell": list(goal_cell), "bfs_distance": dist,
                          "episodes": len(rows), "success_rate": float(np.mean([e["success"] for e in rows])),
-                         "plan_in_wall_fraction": float(np.mean([e["plan_in_wall_fraction"] for e in rows])),
-                         "plan_connected": float(np.mean([e["plan_connected"] for e in rows])),
-                         "plan_cell_moves_mean": float(np.mean([e["plan_cell_moves"] for e in rows])),
-                         "plan_to_bfs_ratio": float(np.mean([e["plan_to_bfs_ratio"] for e in rows])),
-                         "rollout_steps_to_goal": _mean_or_none([e["first_step_in_goal"] for e in rows])})
+                         **_plan_path_means(rows)})
     metrics = {
         "checkpoint_step": loaded.step, "episodes": m["episodes"], "steps": m["steps"],
         "score_applies": full_length, "success_rate": m["success_rate"], "success_rate_final": m["success_rate_final"],
@@ -172,11 +177,7 @@ def evaluate_on_ogbench_tasks(run: Path, maze: str, episodes_per_task: int, seed
         per_task.append({"task_id": row["task_id"], "task_name": row["task_name"], "start_cell": row["start_cell"],
                          "goal_cell": row["goal_cell"], "bfs_distance": row["bfs_distance"], "episodes": len(rows),
                          "success_rate": row["success_rate"],
-                         "plan_in_wall_fraction": float(np.mean([e["plan_in_wall_fraction"] for e in rows])),
-                         "plan_connected": float(np.mean([e["plan_connected"] for e in rows])),
-                         "plan_cell_moves_mean": float(np.mean([e["plan_cell_moves"] for e in rows])),
-                         "plan_to_bfs_ratio": float(np.mean([e["plan_to_bfs_ratio"] for e in rows])),
-                         "rollout_steps_to_goal": _mean_or_none([e["first_step_in_goal"] for e in rows])})
+                         **_plan_path_means(rows)})
     metrics = {
         "checkpoint_step": loaded.step, "benchmark": res["env"], "episodes": len(steps), "steps": int(steps.max()),
         "replan_every": replan_every, "score_applies": False, "success_rate": res["success_rate"],
