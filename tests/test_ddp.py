@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 import torch.multiprocessing as mp
+from conftest import tiny_windows
 from omegaconf import OmegaConf
 
 from diffnorm.data.scaling import TrajectoryScaler
@@ -43,12 +44,7 @@ def tiny_cfg(norm: str = "group", **train) -> OmegaConf:
 
 
 def tiny_dataset(n: int = 24, seed: int = 0) -> list[dict]:
-    rng = np.random.default_rng(seed)
-    items = []
-    for _ in range(n):
-        traj = rng.uniform(-1, 1, (H, 6)).astype(np.float32)
-        items.append({"trajectory": traj, "conditions": {0: traj[0, 2:], H - 1: traj[H - 1, 2:]}})
-    return items
+    return tiny_windows(n, H, seed)
 
 
 def train(cfg, out):

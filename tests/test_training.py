@@ -9,6 +9,7 @@ import re
 import numpy as np
 import pytest
 import torch
+from conftest import tiny_windows
 from omegaconf import OmegaConf
 
 from diffnorm.data.scaling import TrajectoryScaler
@@ -50,14 +51,8 @@ def tiny_cfg(**train):
     return cfg
 
 
-def tiny_dataset(n=10, seed=0):
-    """Items shaped like SequenceDataset's: a scaled [H, 6] window and its start/end states."""
-    rng = np.random.default_rng(seed)
-    items = []
-    for _ in range(n):
-        traj = rng.uniform(-1, 1, (H, 6)).astype(np.float32)
-        items.append({"trajectory": traj, "conditions": {0: traj[0, 2:], H - 1: traj[H - 1, 2:]}})
-    return items
+def tiny_dataset(n: int = 10, seed: int = 0) -> list[dict]:
+    return tiny_windows(n, H, seed)
 
 
 def tiny_scaler():
