@@ -8,7 +8,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
@@ -43,12 +42,3 @@ def single_thread():
     yield
     torch.set_num_threads(threads)
 
-
-def tiny_windows(n: int, horizon: int, seed: int = 0) -> list[dict]:
-    """Items shaped like SequenceDataset's: a scaled [horizon, 6] window and its start/end states."""
-    rng = np.random.default_rng(seed)
-    items = []
-    for _ in range(n):
-        traj = rng.uniform(-1, 1, (horizon, 6)).astype(np.float32)
-        items.append({"trajectory": traj, "conditions": {0: traj[0, 2:], horizon - 1: traj[horizon - 1, 2:]}})
-    return items

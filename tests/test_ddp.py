@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 import torch.multiprocessing as mp
-from conftest import tiny_windows
 from omegaconf import OmegaConf
 
+from diffnorm.bench.suite import synthetic_windows
 from diffnorm.data.scaling import TrajectoryScaler
 from diffnorm.experiments.common import ConfigError
 from diffnorm.training.build import build_diffusion
@@ -44,7 +44,7 @@ def tiny_cfg(norm: str = "group", **train) -> OmegaConf:
 
 
 def tiny_dataset(n: int = 24, seed: int = 0) -> list[dict]:
-    return tiny_windows(n, H, seed)
+    return synthetic_windows(n, H, seed)
 
 
 def train(cfg, out):

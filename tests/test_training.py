@@ -9,9 +9,9 @@ import re
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_windows
 from omegaconf import OmegaConf
 
+from diffnorm.bench.suite import synthetic_windows
 from diffnorm.data.scaling import TrajectoryScaler
 from diffnorm.experiments.common import ConfigError
 from diffnorm.training.build import build_diffusion
@@ -52,7 +52,7 @@ def tiny_cfg(**train):
 
 
 def tiny_dataset(n: int = 10, seed: int = 0) -> list[dict]:
-    return tiny_windows(n, H, seed)
+    return synthetic_windows(n, H, seed)
 
 
 def tiny_scaler():

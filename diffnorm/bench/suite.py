@@ -30,6 +30,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from diffnorm.bench.plain import PlainTemporalUnet, PlainTrainer
 from diffnorm.diffusion.gaussian import GaussianDiffusion
+from diffnorm.experiments.common import resolve_device
 from diffnorm.models.norms import norm_factory
 from diffnorm.models.temporal_unet import TemporalUnet
 from diffnorm.training.ema import EMA
@@ -372,8 +373,7 @@ def _cpu_name() -> str:
 
 def run_bench(s: BenchSettings) -> dict[str, Any]:
     """Run the selected sections; returns the JSON-able record (settings, machine, load, rows)."""
-    device = torch.device("cuda" if s.device == "auto" and torch.cuda.is_available() else
-                          ("cpu" if s.device == "auto" else s.device))
+    device = resolve_device(s.device)
     torch.set_num_threads(s.threads)
     started, load_before = time.perf_counter(), load()
     matmul = matmul_gflops(256 if s.tiny else s.matmul_size, device)

@@ -80,10 +80,15 @@ def validate_d4rl(data: dict[str, np.ndarray], source: str = "data", observation
             continue
         if not np.issubdtype(arr.dtype, np.number) or np.issubdtype(arr.dtype, np.complexfloating):
             raise ConfigError(f"{source}: {key!r} has dtype {arr.dtype}, expected real numbers")
-        finite = np.isfinite(arr)
-        if not finite.all():
-            index = np.unravel_index(int(np.argmin(finite)), arr.shape)
-            raise ConfigError(f"{source}: {key!r} has a non-finite value ({arr[index]}) at index {_index(index)}")
+        require_finite(arr, key, source)
+
+
+def require_finite(arr: np.ndarray, key: str, source: str) -> None:
+    """Raise ConfigError naming the index of the first NaN or infinite value of ``arr``."""
+    finite = np.isfinite(arr)
+    if not finite.all():
+        index = np.unravel_index(int(np.argmin(finite)), arr.shape)
+        raise ConfigError(f"{source}: {key!r} has a non-finite value ({arr[index]}) at index {_index(index)}")
 
 
 def _index(index: tuple) -> int | tuple[int, ...]:

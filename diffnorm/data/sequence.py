@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from diffnorm.data.d4rl_format import require_finite
 from diffnorm.data.scaling import TrajectoryScaler
 from diffnorm.experiments.common import ConfigError, require
 
@@ -86,11 +87,7 @@ class SequenceDataset(Dataset):
             # up later as a NaN loss.
             require(arr.ndim == 2 and len(arr) > 0, f"SequenceDataset: {key!r} has shape {arr.shape}, "
                     "expected [N > 0, dim]: there are no steps to cut into episodes")
-            finite = np.isfinite(arr)
-            if not finite.all():
-                row, col = np.unravel_index(int(np.argmin(finite)), arr.shape)
-                raise ConfigError(f"SequenceDataset: {key!r} has a non-finite value ({arr[row, col]}) at index "
-                                  f"({int(row)}, {int(col)})")
+            require_finite(arr, key, "SequenceDataset")
         self.horizon = int(horizon)
         self.bounds = episode_bounds(data, eval_goal_xy, cut_at_timeouts=cut_at_timeouts)
         lengths = np.array([e - s for s, e in self.bounds])

@@ -43,8 +43,6 @@ class TrainingStopped(RuntimeError):
 class TrainingDiverged(TrainingStopped):
     """The loss became NaN or infinite; the checkpoint from before it is kept."""
 
-    exit_code = 3
-
 
 class TrainingInterrupted(TrainingStopped):
     """SIGINT (Ctrl-C): a final checkpoint was written; ``train.resume=true`` continues the run."""

@@ -27,7 +27,8 @@ from diffnorm.plotting.diffuser import loss_curve, plan_grid
 from diffnorm.training.build import build_diffusion
 from diffnorm.training.checkpoint import CONFIG, SCALER, load_scaler, write_run_files
 from diffnorm.training.distributed import barrier, init_distributed
-from diffnorm.training.loop import _seeded, collate, train_diffusion
+from diffnorm.training.loop import _seeded, train_diffusion
+from diffnorm.training.step import collate
 
 log = logging.getLogger(__name__)
 

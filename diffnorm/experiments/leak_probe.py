@@ -155,7 +155,7 @@ def _dataset(loaded: LoadedDiffuser) -> Any:
 def _windows(dataset: Any, n: int, seed: int, dtype: torch.dtype
              ) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
     """``n`` random windows x0 [n, H, D] and their start/goal conditions {timestep: [n, obs_dim]}."""
-    from diffnorm.training.loop import collate
+    from diffnorm.training.step import collate
 
     require(len(dataset) >= n, f"the dataset has {len(dataset)} windows; {n} are needed")
     picks = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))[:n].tolist()

@@ -87,12 +87,17 @@ def _mean_or_none(values: list[Any]) -> float | None:
     return float(np.mean(kept)) if kept else None
 
 
+def _path_means(rows: list[dict[str, Any]]) -> dict[str, float]:
+    """``plan_path_stats`` averaged over episodes (a task's, or a run's)."""
+    return {"plan_connected": float(np.mean([e["plan_connected"] for e in rows])),
+            "plan_cell_moves_mean": float(np.mean([e["plan_cell_moves"] for e in rows])),
+            "plan_to_bfs_ratio": float(np.mean([e["plan_to_bfs_ratio"] for e in rows]))}
+
+
 def _plan_path_means(rows: list[dict[str, Any]]) -> dict[str, Any]:
     """A task's plan measures averaged over its episodes (the same for our mazes and OGBench's)."""
     return {"plan_in_wall_fraction": float(np.mean([e["plan_in_wall_fraction"] for e in rows])),
-            "plan_connected": float(np.mean([e["plan_connected"] for e in rows])),
-            "plan_cell_moves_mean": float(np.mean([e["plan_cell_moves"] for e in rows])),
-            "plan_to_bfs_ratio": float(np.mean([e["plan_to_bfs_ratio"] for e in rows])),
+            **_path_means(rows),
             "rollout_steps_to_goal": _mean_or_none([e["first_step_in_goal"] for e in rows])}
 
 
@@ -133,9 +138,7 @@ def evaluate_on_tasks(run: Path, maze: str, episodes_per_task: int, seed: int, m
         "score_applies": full_length, "success_rate": m["success_rate"], "success_rate_final": m["success_rate_final"],
         "score_mean": m["score_mean"] if full_length else None, "score_sem": m["score_sem"] if full_length else None,
         "plan_in_wall_fraction": m["plan_in_wall_fraction"], "plans_touching_walls": m["plans_touching_walls"],
-        "plan_connected": float(np.mean([e["plan_connected"] for e in per_episode])),
-        "plan_cell_moves_mean": float(np.mean([e["plan_cell_moves"] for e in per_episode])),
-        "plan_to_bfs_ratio": float(np.mean([e["plan_to_bfs_ratio"] for e in per_episode])),
+        **_path_means(per_episode),
         "plan_goal_jump_mean": m["plan_goal_jump_mean"], "rollout_seconds": m["rollout_seconds"],
         "per_task": per_task, "per_episode": per_episode,
     }
@@ -184,9 +187,7 @@ def evaluate_on_ogbench_tasks(run: Path, maze: str, episodes_per_task: int, seed
         "success_rate_final": None, "score_mean": None, "score_sem": None,
         "plan_in_wall_fraction": float(walls.mean()),
         "plans_touching_walls": float(in_wall(maze, first).any(axis=-1).mean()),
-        "plan_connected": float(np.mean([e["plan_connected"] for e in per_episode])),
-        "plan_cell_moves_mean": float(np.mean([e["plan_cell_moves"] for e in per_episode])),
-        "plan_to_bfs_ratio": float(np.mean([e["plan_to_bfs_ratio"] for e in per_episode])),
+        **_path_means(per_episode),
         "plan_goal_jump_mean": float(step_len[:, -1].mean()), "plan_step_median": float(np.median(step_len)),
         "plan_rounds": len(ev.plans), "planning_seconds": round(ev.planning_seconds, 3),
         "rollout_seconds": round(seconds, 3), "per_task": per_task, "per_episode": per_episode,

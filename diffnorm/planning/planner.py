@@ -19,6 +19,12 @@ from diffnorm.experiments.common import require
 from diffnorm.training.checkpoint import LoadedDiffuser
 
 
+def goal_at_rest(goal_xy: np.ndarray, observation_dim: int) -> np.ndarray:
+    """Goal states [B, observation_dim] from positions [B, 2]: any state beyond the position (maze2d's
+    velocity) is zero."""
+    return np.concatenate([goal_xy, np.zeros((len(goal_xy), observation_dim - 2))], axis=1)
+
+
 class Planner(Protocol):
     """Anything that maps start states [B, O] and goal positions [B, 2] to planned states [B, H, O],
     all in maze (D4RL) units (O = 4 in maze2d, 2 on OGBench's point). The rollout needs nothing else, so tests can plant hand-made plans."""
@@ -64,8 +70,7 @@ class DiffuserPlanner:
         require(start_obs.ndim == 2 and start_obs.shape[1] == obs_dim,
                 f"start_obs must be [batch, {obs_dim}], got {start_obs.shape}")
         require(goal_xy.shape == (len(start_obs), 2), f"goal_xy must be [{len(start_obs)}, 2], got {goal_xy.shape}")
-        # The goal at rest: any state beyond the position (maze2d's velocity) is zero.
-        goal_state = np.concatenate([goal_xy, np.zeros((len(goal_xy), obs_dim - 2))], axis=1)
+        goal_state = goal_at_rest(goal_xy, obs_dim)
         conditions = {
             0: torch.as_tensor(self.scaler.normalize_observations(start_obs), dtype=torch.float32, device=self.device),
             self.horizon - 1: torch.as_tensor(self.scaler.normalize_observations(goal_state), dtype=torch.float32,
@@ -91,5 +96,4 @@ class GoalOnlyPlanner:
     def __call__(self, start_obs: np.ndarray, goal_xy: np.ndarray) -> np.ndarray:
         start_obs = np.asarray(start_obs, dtype=np.float64)
         goal_xy = np.asarray(goal_xy, dtype=np.float64)
-        goal = np.concatenate([goal_xy, np.zeros((len(goal_xy), start_obs.shape[1] - 2))], axis=1)
-        return np.stack([start_obs, goal], axis=1)
+        return np.stack([start_obs, goal_at_rest(goal_xy, start_obs.shape[1])], axis=1)

@@ -35,11 +35,6 @@ EMA_WEIGHTS = "ema.safetensors"
 FORMAT = "diffnorm-diffuser-1"
 
 
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path``: temporary file, fsync, rename, fsync of the directory."""
-    atomic_write_bytes(path, data)
-
-
 def _tensors(prefix: str, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     # safetensors refuses views of shared storage; a contiguous CPU copy of each entry is always accepted.
     return {f"{prefix}{k}": v.detach().to("cpu").contiguous().clone() for k, v in state.items()}
@@ -59,8 +54,8 @@ def _read(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
 
 def write_run_files(run_dir: Path, cfg: DictConfig, scaler: Any) -> None:
     """config.yaml (resolved) and scaler.json: written once per run, before the first checkpoint."""
-    atomic_write(run_dir / CONFIG, OmegaConf.to_yaml(cfg, resolve=True).encode())
-    atomic_write(run_dir / SCALER, (json.dumps(scaler.state_dict(), indent=2) + "\n").encode())
+    atomic_write_bytes(run_dir / CONFIG, OmegaConf.to_yaml(cfg, resolve=True).encode())
+    atomic_write_bytes(run_dir / SCALER, (json.dumps(scaler.state_dict(), indent=2) + "\n").encode())
 
 
 def save_training_state(run_dir: Path, cfg: DictConfig, model: nn.Module, ema_model: nn.Module,
@@ -83,9 +78,9 @@ def save_training_state(run_dir: Path, cfg: DictConfig, model: nn.Module, ema_mo
     meta = {"format": FORMAT, "step": str(step), "architecture": arch,
             "optim_param_groups": json.dumps(optim_state["param_groups"]), "optim_scalars": json.dumps(scalars)}
     path = run_dir / CHECKPOINT
-    atomic_write(path, safetensors_bytes(tensors, metadata=meta))
+    atomic_write_bytes(path, safetensors_bytes(tensors, metadata=meta))
     ema_meta = {"format": FORMAT, "step": str(step), "architecture": arch}
-    atomic_write(run_dir / EMA_WEIGHTS, safetensors_bytes(_tensors("", ema_model.state_dict()), metadata=ema_meta))
+    atomic_write_bytes(run_dir / EMA_WEIGHTS, safetensors_bytes(_tensors("", ema_model.state_dict()), metadata=ema_meta))
     return path
 
 

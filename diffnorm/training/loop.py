@@ -34,7 +34,7 @@ from diffnorm.experiments.common import TrainingDiverged, TrainingInterrupted, a
 from diffnorm.training.checkpoint import CHECKPOINT, load_training_state, save_training_state
 from diffnorm.training.distributed import dist_info, mean_across_ranks, wrap_ddp
 from diffnorm.training.ema import EMA
-from diffnorm.training.step import GradientStep, collate, make_optimizer
+from diffnorm.training.step import GradientStep, make_optimizer
 
 log = logging.getLogger(__name__)
 
@@ -71,9 +71,6 @@ class EpochOrder:
 
     def indices(self, start: int, count: int) -> list[int]:
         return [int(self._perm(p // self.n)[p % self.n]) for p in range(start, start + count)]
-
-
-__all__ = ["collate", "train_diffusion"]  # collate lives in training.step; re-exported for its users
 
 
 def _read_metrics(path: Path, upto: int) -> list[dict[str, str]]:

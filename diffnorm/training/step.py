@@ -96,8 +96,8 @@ class GradientStep:
         batch = len(indices)
         world, rank = self.dist.world_size, self.dist.rank
         require(batch % world == 0, f"the global batch {batch} must divide evenly over {world} DDP ranks")
-        mine = list(indices)[_block(batch, world, rank)]
-        x0, conditions = collate([dataset[i] for i in mine], self.device)
+        rows = _block(batch, world, rank)
+        x0, conditions = collate([dataset[i] for i in list(indices)[rows]], self.device)
         if self.shards == 1 and world == 1:
             # The unsplit path draws inside loss(), as the loop always has (bit-identical to older runs).
             with self.autocast:
@@ -105,7 +105,6 @@ class GradientStep:
             loss.backward()
             return loss.detach()
         t, noise = self.diffusion.draw((batch, *x0.shape[1:]), generator, x0.dtype)
-        rows = _block(batch, world, rank)
         drawn = (t[rows], noise[rows])
         if self.shards == 1:
             no_sync = self.denoiser.no_sync() if not sync and hasattr(self.denoiser, "no_sync") else contextlib.nullcontext()
