@@ -154,6 +154,19 @@ def test_loss_noise_comes_from_the_generator():
     assert torch.equal(a, b) and not torch.equal(a, c)
 
 
+def test_loss_accepts_a_compiled_denoiser():
+    """A torch.compile'd module has no truth value; the loss must call it, not test it (a former bug)."""
+    torch.manual_seed(0)
+    model = TemporalUnet(16, 6, dim=8)
+    diffusion = GaussianDiffusion(model, 16, n_diffusion_steps=10)
+    x0 = torch.rand(4, 16, 6) * 2 - 1
+    cond = {0: x0[:, 0, 2:]}
+    compiled = torch.compile(model, backend="eager")  # dynamo tracing without codegen: fast on CPU
+    a = diffusion.loss(x0, cond, generator=torch.Generator().manual_seed(3), denoiser=compiled)
+    b = diffusion.loss(x0, cond, generator=torch.Generator().manual_seed(3))
+    torch.testing.assert_close(a, b)
+
+
 def test_noisy_input_follows_q_sample():
     """x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps with the published abar, eps from the generator."""
     T, H = 32, 8

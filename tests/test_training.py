@@ -26,6 +26,7 @@ from diffnorm.training.checkpoint import (
     write_run_files,
 )
 from diffnorm.training.ema import EMA
+from diffnorm.training import loop
 from diffnorm.training.loop import METRICS, EpochOrder, step_generator, train_diffusion
 
 H = 16
@@ -353,7 +354,29 @@ def test_resume_with_another_norm_is_refused(tmp_path, data_dir):
         job(data_dir, tmp_path, "train.steps=4", "train.resume=true", "norm=none")
 
 
-def test_bf16_and_compile_are_ignored_on_cpu_with_a_log_line(tmp_path, data_dir, caplog):
+def test_bf16_is_ignored_with_a_log_line_where_the_device_lacks_it(tmp_path, data_dir, caplog, monkeypatch):
+    monkeypatch.setattr(loop, "bf16_supported", lambda device: False)
     with caplog.at_level(logging.WARNING):
-        job(data_dir, tmp_path, "train.steps=1", "train.bf16=true", "train.compile=true", "device=cpu")
-    assert "train.bf16=true ignored" in caplog.text and "train.compile=true ignored" in caplog.text
+        job(data_dir, tmp_path, "train.steps=1", "train.bf16=true", "device=cpu")
+    assert "train.bf16=true ignored: cpu has no native bf16 support" in caplog.text
+
+
+def test_bf16_autocast_trains_where_the_device_has_it(tmp_path, data_dir, monkeypatch):
+    seen = []
+    real = loop._precision_and_compile
+
+    def spy(cfg, device, model):
+        autocast, denoiser = real(cfg, device, model)
+        seen.append(autocast)
+        return autocast, denoiser
+
+    monkeypatch.setattr(loop, "bf16_supported", lambda device: True)
+    monkeypatch.setattr(loop, "_precision_and_compile", spy)
+    job(data_dir, tmp_path, "train.steps=2", "train.bf16=true", "device=cpu")
+    assert isinstance(seen[0], torch.autocast) and seen[0].fast_dtype == torch.bfloat16
+    assert (tmp_path / "ema.safetensors").exists()
+
+
+def test_compile_refuses_shard_threads(tmp_path, data_dir):
+    with pytest.raises(ConfigError, match="train.compile=true needs train.shards=1"):
+        job(data_dir, tmp_path, "train.steps=1", "train.compile=true", "train.shards=2", "device=cpu")

@@ -3,9 +3,9 @@ the same run (``diffnorm.bench.plain``), and achieved GFLOP/s against a large fp
 in the same run (so a loaded machine lowers both, and the ratios stay meaningful).
 
 Rows: training throughput (trajectories/s) of the published network (dim 32, mults 1,4,8, transition
-dim 6) per norm, eager vs torch.compile, fp32 vs bf16 autocast (CUDA only); planning latency for a batch
-of 64 plans with the published step count and with a fast sampler (plus CUDA graphs on GPU); probe
-training and influence-map time; dataset generation steps/s.
+dim 6) per norm, eager vs torch.compile, fp32 vs bf16 autocast (where the device has native bf16);
+planning latency for a batch of 64 plans with the published step count and with a fast sampler (plus
+CUDA graphs on GPU); probe training and influence-map time; dataset generation steps/s.
 
 This is a benchmark, not a test: it asserts nothing, it reports. ``scripts/bench.py`` is the entry point.
 """
@@ -30,7 +30,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from diffnorm.bench.plain import PlainTemporalUnet, PlainTrainer
 from diffnorm.diffusion.gaussian import GaussianDiffusion
-from diffnorm.experiments.common import resolve_device
+from diffnorm.experiments.common import bf16_supported, resolve_device
 from diffnorm.models.norms import norm_factory
 from diffnorm.models.temporal_unet import TemporalUnet
 from diffnorm.training.ema import EMA
@@ -228,10 +228,11 @@ def train_rows(s: BenchSettings, device: torch.device, matmul: float) -> list[Ro
         if use_compile:
             variants += [_Variant("package torch.compile fp32", norm, package(norm, 1, compiled=True), s.threads, 3,
                                   "first steps compile (warmup_s)") for norm in s.norms]
-        if device.type == "cuda":
+        if bf16_supported(device):  # a CUDA GPU, or a CPU with AVX512-BF16/AMX
             for norm in s.norms:
-                variants.append(_Variant("package eager bf16", norm, package(norm, 1, bf16=True), s.threads, s.warmup))
-                if use_compile:
+                variants.append(_Variant("package eager bf16 autocast", norm, package(norm, 1, bf16=True),
+                                         s.threads, s.warmup))
+                if use_compile and device.type == "cuda":  # on a CPU each compile takes minutes
                     variants.append(_Variant("package torch.compile bf16", norm,
                                              package(norm, 1, compiled=True, bf16=True), s.threads, 3))
         built = []

@@ -127,7 +127,7 @@ class GaussianDiffusion(nn.Module):
                 f"drawn t {list(t.shape)} and noise {list(noise.shape)} do not fit x0 {list(x0.shape)}")
         t, noise = t.to(x0.device), noise.to(x0.device)
         x_noisy = self.apply_conditions(self.noise_schedule.add_noise(x0, noise, t), conditions)
-        x_recon = self.apply_conditions((denoiser or self.model)(x_noisy, t), conditions)
+        x_recon = self.apply_conditions((self.model if denoiser is None else denoiser)(x_noisy, t), conditions)
         return (x_recon.float() - x0.float()).square().mean()
 
     @torch.no_grad()

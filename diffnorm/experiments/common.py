@@ -71,6 +71,15 @@ def resolve_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
+def bf16_supported(device: torch.device) -> bool:
+    """Whether ``device`` computes in bf16 natively (a CUDA GPU that says so; a CPU with AVX512-BF16/AMX)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    return False
+
+
 def run_dir() -> Path:
     """The Hydra run directory when inside a Hydra job, else the current directory."""
     from hydra.core.hydra_config import HydraConfig

@@ -3,6 +3,8 @@
 Every block maps [batch, channels, time] -> [batch, channels', time']. The norm is whatever
 ``norm_layer(channels)`` returns and is applied to [B, C, T] directly (no reshaping), so swapping it
 changes nothing else in the network: module names, shapes and probe sites stay identical.
+Convolutions keep activations time-major and Mish is the one-exp form: both only for speed on the CPU
+(``layout``, ``activations``); they compute the same functions as ``nn.Conv1d`` and ``nn.Mish``.
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ import math
 import torch
 from torch import nn
 
+from diffnorm.models.activations import Mish
+from diffnorm.models.layout import TimeMajorConv1d, TimeMajorConvTranspose1d
 from diffnorm.models.norms import NormLayer
 
 
@@ -39,11 +43,11 @@ class Conv1dBlock(nn.Module):
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, norm_layer: NormLayer,
-                 activation: type[nn.Module] = nn.Mish):
+                 activation: type[nn.Module] = Mish):
         super().__init__()
         if kernel_size < 1 or kernel_size % 2 == 0:
             raise ValueError(f"kernel_size={kernel_size} must be odd and positive (same padding)")
-        self.conv = nn.Conv1d(in_channels, out_channels, kernel_size, padding=kernel_size // 2)
+        self.conv = TimeMajorConv1d(in_channels, out_channels, kernel_size, padding=kernel_size // 2)
         self.norm = norm_layer(out_channels)
         self.act = activation()
 
@@ -61,9 +65,9 @@ class ResidualTemporalBlock(nn.Module):
                  norm_layer: NormLayer):
         super().__init__()
         self.block1 = Conv1dBlock(in_channels, out_channels, kernel_size, norm_layer)
-        self.time_mlp = nn.Sequential(nn.Mish(), nn.Linear(embed_dim, out_channels))
+        self.time_mlp = nn.Sequential(Mish(), nn.Linear(embed_dim, out_channels))
         self.block2 = Conv1dBlock(out_channels, out_channels, kernel_size, norm_layer)
-        self.residual = (nn.Conv1d(in_channels, out_channels, 1) if in_channels != out_channels
+        self.residual = (TimeMajorConv1d(in_channels, out_channels, 1) if in_channels != out_channels
                          else nn.Identity())
 
     def forward(self, x: torch.Tensor, t_emb: torch.Tensor) -> torch.Tensor:
@@ -76,7 +80,7 @@ class Downsample1d(nn.Module):
 
     def __init__(self, channels: int):
         super().__init__()
-        self.conv = nn.Conv1d(channels, channels, 3, stride=2, padding=1)
+        self.conv = TimeMajorConv1d(channels, channels, 3, stride=2, padding=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.conv(x)
@@ -90,7 +94,7 @@ class Upsample1d(nn.Module):
 
     def __init__(self, channels: int):
         super().__init__()
-        self.conv = nn.ConvTranspose1d(channels, channels, 4, stride=2, padding=1)
+        self.conv = TimeMajorConvTranspose1d(channels, channels, 4, stride=2, padding=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.conv(x)

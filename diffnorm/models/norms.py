@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from diffnorm.models.layout import on_image
+
 NormLayer = Callable[[int], nn.Module]
 
 
@@ -32,7 +34,14 @@ class NoNorm(nn.Identity, SequenceNorm):
         super().__init__()
 
 
-class GroupNorm(nn.GroupNorm, SequenceNorm):
+class _GroupStatistics(nn.GroupNorm, SequenceNorm):
+    """``nn.GroupNorm`` that keeps a time-major input time-major (``models.layout``)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return on_image(super().forward, x)
+
+
+class GroupNorm(_GroupStatistics):
     """Pools over (channels of one group) x time, per sample: the Diffuser's choice (8 groups)."""
 
     def __init__(self, channels: int, groups: int = 8, eps: float = 1e-5):
@@ -41,14 +50,14 @@ class GroupNorm(nn.GroupNorm, SequenceNorm):
         super().__init__(groups, channels, eps=eps)
 
 
-class InstanceNorm(nn.GroupNorm, SequenceNorm):
+class InstanceNorm(_GroupStatistics):
     """Pools over time, per sample and channel (GroupNorm with one channel per group, affine)."""
 
     def __init__(self, channels: int, eps: float = 1e-5):
         super().__init__(channels, channels, eps=eps)
 
 
-class LayerNorm(nn.GroupNorm, SequenceNorm):
+class LayerNorm(_GroupStatistics):
     """The paper's LayerNorm: pools over channels x time per sample (one group), affine per channel."""
 
     def __init__(self, channels: int, eps: float = 1e-5):
@@ -72,9 +81,16 @@ class BatchNorm(nn.BatchNorm1d, SequenceNorm):
         self.inference_stats = inference_stats
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return on_image(self._normalize, x)  # a time-major input stays time-major (models.layout)
+
+    def _normalize(self, x: torch.Tensor) -> torch.Tensor:
         if self.training or self.inference_stats == "population":
             return super().forward(x)
         return F.batch_norm(x, None, None, self.weight, self.bias, training=True, eps=self.eps)
+
+    def _check_input_dim(self, x: torch.Tensor) -> None:
+        if x.dim() not in (2, 3, 4):  # 4: the [B, C, 1, T] view of a time-major input
+            raise ValueError(f"BatchNorm expects [batch, channels, time], got {x.dim()}-D input")
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, inference_stats={self.inference_stats}"

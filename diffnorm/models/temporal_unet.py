@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from diffnorm.experiments.common import ConfigError, require
+from diffnorm.models.activations import Mish
 from diffnorm.models.blocks import (
     Conv1dBlock,
     Downsample1d,
@@ -23,6 +24,7 @@ from diffnorm.models.blocks import (
     SinusoidalTimeEmbedding,
     Upsample1d,
 )
+from diffnorm.models.layout import TimeMajorConv1d, cat_channels
 from diffnorm.models.norms import NormLayer, norm_factory
 
 
@@ -79,7 +81,7 @@ class TemporalUnet(nn.Module):
         pairs = list(pairwise(widths))
         embed_dim = dim
         self.time_mlp = nn.Sequential(
-            SinusoidalTimeEmbedding(dim), nn.Linear(dim, 4 * dim), nn.Mish(), nn.Linear(4 * dim, embed_dim))
+            SinusoidalTimeEmbedding(dim), nn.Linear(dim, 4 * dim), Mish(), nn.Linear(4 * dim, embed_dim))
         self.down = nn.ModuleList(
             DownLevel(c_in, c_out, embed_dim, kernel_size, norm_layer, downsample=i < len(pairs) - 1)
             for i, (c_in, c_out) in enumerate(pairs))
@@ -90,14 +92,14 @@ class TemporalUnet(nn.Module):
             UpLevel(c_out, c_in, embed_dim, kernel_size, norm_layer) for c_in, c_out in reversed(pairs[1:]))
         # The original hard-codes kernel 5 here independently of the residual blocks' kernel.
         self.final_block = Conv1dBlock(dim, dim, 5, norm_layer)
-        self.final_conv = nn.Conv1d(dim, transition_dim, 1)
+        self.final_conv = TimeMajorConv1d(dim, transition_dim, 1)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         if x.dim() != 3 or x.shape[2] != self.transition_dim:
             raise ConfigError(f"expected x [batch, horizon, {self.transition_dim}], got {list(x.shape)}")
         if x.shape[1] % self.length_multiple:
             raise ConfigError(f"sequence length {x.shape[1]} is not a multiple of {self.length_multiple}")
-        h = x.transpose(1, 2)  # [B, D, H]: channels first for Conv1d and the norms
+        h = x.transpose(1, 2)  # [B, D, H], stored time-major (see models.layout)
         t_emb = self.time_mlp(t)
         skips = []
         for level in self.down:
@@ -106,7 +108,7 @@ class TemporalUnet(nn.Module):
             h = level.downsample(h)
         h = self.mid2(self.mid1(h, t_emb), t_emb)
         for level in self.up:
-            h = torch.cat((h, skips.pop()), dim=1)
+            h = cat_channels((h, skips.pop()))
             h = level.upsample(level.res2(level.res1(h, t_emb), t_emb))
         h = self.final_conv(self.final_block(h))
         return h.transpose(1, 2)

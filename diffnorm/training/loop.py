@@ -30,7 +30,13 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from diffnorm.diffusion.gaussian import GaussianDiffusion
-from diffnorm.experiments.common import TrainingDiverged, TrainingInterrupted, atomic_write_bytes, require
+from diffnorm.experiments.common import (
+    TrainingDiverged,
+    TrainingInterrupted,
+    atomic_write_bytes,
+    bf16_supported,
+    require,
+)
 from diffnorm.training.checkpoint import CHECKPOINT, load_training_state, save_training_state
 from diffnorm.training.distributed import dist_info, mean_across_ranks, wrap_ddp
 from diffnorm.training.ema import EMA
@@ -142,19 +148,21 @@ def _check_finite(losses: torch.Tensor, done: int, saved: int | None, out: Path,
 
 def _precision_and_compile(cfg: DictConfig, device: torch.device, model: nn.Module
                            ) -> tuple[contextlib.AbstractContextManager, nn.Module]:
-    """bf16 autocast and torch.compile are GPU options; on CPU they are switched off with a log line."""
+    """bf16 autocast where the device computes in bf16 natively (else ignored with a log line), and
+    torch.compile on any device. On a CPU, compiling takes about 1.5 minutes before the first step and
+    then a step runs faster than eager (docs/results/bench.md): worth it for long runs, not quick ones."""
     autocast: contextlib.AbstractContextManager = contextlib.nullcontext()
     denoiser = model
     if cfg.bf16:
-        if device.type == "cuda":
-            autocast = torch.autocast("cuda", dtype=torch.bfloat16)
+        if bf16_supported(device):
+            autocast = torch.autocast(device.type, dtype=torch.bfloat16)
         else:
-            log.warning("train.bf16=true ignored: bf16 autocast is only used on CUDA (device is %s)", device)
+            log.warning("train.bf16=true ignored: %s has no native bf16 support", device)
     if cfg.compile:
-        if device.type == "cuda":
-            denoiser = torch.compile(model)
-        else:
-            log.warning("train.compile=true ignored: torch.compile is only used on CUDA (device is %s)", device)
+        # Shard threads would each enter the compiled module at once; dynamo is not built for that.
+        require(int(cfg.get("shards", 1)) == 1, f"train.compile=true needs train.shards=1 (got {cfg.shards})")
+        log.info("train.compile=true: the first steps compile the network for %s", device)
+        denoiser = torch.compile(model)
     return autocast, denoiser
 
 
