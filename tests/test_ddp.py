@@ -95,9 +95,12 @@ def test_two_gloo_ranks_give_the_one_process_loss_curve_and_weights(tmp_path):
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-6)
     assert np.ptp(expected) > 1e-3  # the curve moves, so equality is not trivial
     ref = diffusion.state_dict()
+    # Adam divides each gradient entry by its running RMS, so an entry whose gradient is near zero can turn
+    # a rounding-level difference between the two reduction orders into a visible step (seen: 1e-5 on one
+    # weight, against 8e-3 = lr x steps of possible movement). The tolerance allows that and no more.
     for rank in (0, 1):
         weights = torch.load(tmp_path / f"weights{rank}.pt")
-        assert all(torch.allclose(weights[k], ref[k], rtol=1e-4, atol=1e-6) for k in ref)
+        assert all(torch.allclose(weights[k], ref[k], rtol=1e-4, atol=5e-5) for k in ref)
     # Only rank 0 writes: rank 1's run directory holds what the test itself wrote (run files), no training output.
     assert (tmp_path / "rank0" / "checkpoint.safetensors").is_file()
     assert not (tmp_path / "rank1" / METRICS).exists()
@@ -112,6 +115,8 @@ def _grads(cfg, shards: int, dataset, indices, seed: int = 0):
         loss = step(dataset, indices, step_generator(seed, 0))
     finally:
         step.close()
+    # Fused Adam walks .grad in the parameter's memory order: a grad laid out otherwise trains wrongly.
+    assert all(p.grad.stride() == p.stride() for p in diffusion.parameters())
     return loss, [p.grad.clone() for p in diffusion.parameters()]
 
 

@@ -53,6 +53,9 @@ class TimeMajorConv1d(nn.Conv1d):
     def _conv_forward(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         if self.padding_mode != "zeros" or isinstance(self.padding, str):
             raise ValueError("TimeMajorConv1d supports integer zero padding only")
+        if self.kernel_size[0] == 1 and self.stride[0] == 1 and self.padding[0] == 0 and self.groups == 1:
+            # Pointwise: on the [B, T, C] view (contiguous when x is time-major) one matrix product.
+            return F.linear(x.transpose(1, 2), weight.squeeze(2), bias).transpose(1, 2)
         out = F.conv2d(as_image(x), _image_weight(weight), bias, (1, self.stride[0]), (0, self.padding[0]),
                        (1, self.dilation[0]), self.groups)
         return out.squeeze(2)

@@ -110,9 +110,9 @@ class ChannelNorm(nn.Module, SequenceNorm):
         self.bias = nn.Parameter(torch.zeros(channels))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        mean = x.mean(dim=1, keepdim=True)
-        var = x.var(dim=1, keepdim=True, unbiased=False)
-        return (x - mean) * torch.rsqrt(var + self.eps) * self.weight[:, None] + self.bias[:, None]
+        # torch's fused LayerNorm over the last axis of the [B, T, C] view; for a time-major x that view
+        # is contiguous and the result is time-major again (models.layout).
+        return F.layer_norm(x.transpose(1, 2), self.weight.shape, self.weight, self.bias, self.eps).transpose(1, 2)
 
 
 NORM_LAYERS: dict[str, Callable[..., nn.Module]] = {}

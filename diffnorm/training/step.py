@@ -140,9 +140,11 @@ class GradientStep:
             grads = [g[i] for _, g in results if g[i] is not None]
             if not grads:
                 continue
-            g = grads[0]
+            # Summed into a tensor laid out like the parameter: autograd.grad may hand back another memory
+            # order (the channels-last weights of models.layout), and fused Adam walks .grad in p's order.
+            g = torch.empty_like(p).copy_(grads[0])
             for other in grads[1:]:
-                g = g + other
+                g.add_(other)
             p.grad = g if p.grad is None else p.grad + g
         return total
 
