@@ -142,12 +142,15 @@ def test_loss_applies_conditions_to_noisy_input_and_prediction():
     assert spy.p.grad is not None
 
 
-def test_loss_noise_comes_from_the_generator():
+def _small_loss_problem() -> tuple[GaussianDiffusion, torch.Tensor, dict[int, torch.Tensor]]:
     torch.manual_seed(0)
-    model = TemporalUnet(16, 6, dim=8)
-    diffusion = GaussianDiffusion(model, 16, n_diffusion_steps=10)
+    diffusion = GaussianDiffusion(TemporalUnet(16, 6, dim=8), 16, n_diffusion_steps=10)
     x0 = torch.rand(4, 16, 6) * 2 - 1
-    cond = {0: x0[:, 0, 2:]}
+    return diffusion, x0, {0: x0[:, 0, 2:]}
+
+
+def test_loss_noise_comes_from_the_generator():
+    diffusion, x0, cond = _small_loss_problem()
     a = diffusion.loss(x0, cond, generator=torch.Generator().manual_seed(3))
     b = diffusion.loss(x0, cond, generator=torch.Generator().manual_seed(3))
     c = diffusion.loss(x0, cond, generator=torch.Generator().manual_seed(4))
@@ -156,12 +159,8 @@ def test_loss_noise_comes_from_the_generator():
 
 def test_loss_accepts_a_compiled_denoiser():
     """A torch.compile'd module has no truth value; the loss must call it, not test it (a former bug)."""
-    torch.manual_seed(0)
-    model = TemporalUnet(16, 6, dim=8)
-    diffusion = GaussianDiffusion(model, 16, n_diffusion_steps=10)
-    x0 = torch.rand(4, 16, 6) * 2 - 1
-    cond = {0: x0[:, 0, 2:]}
-    compiled = torch.compile(model, backend="eager")  # dynamo tracing without codegen: fast on CPU
+    diffusion, x0, cond = _small_loss_problem()
+    compiled = torch.compile(diffusion.model, backend="eager")  # dynamo tracing without codegen: fast on CPU
     a = diffusion.loss(x0, cond, generator=torch.Generator().manual_seed(3), denoiser=compiled)
     b = diffusion.loss(x0, cond, generator=torch.Generator().manual_seed(3))
     torch.testing.assert_close(a, b)

@@ -14,6 +14,7 @@ from omegaconf import OmegaConf
 from diffnorm.bench.suite import synthetic_windows
 from diffnorm.data.scaling import TrajectoryScaler
 from diffnorm.experiments.common import ConfigError
+from diffnorm.training import loop
 from diffnorm.training.build import build_diffusion
 from diffnorm.training.checkpoint import (
     CHECKPOINT,
@@ -26,7 +27,6 @@ from diffnorm.training.checkpoint import (
     write_run_files,
 )
 from diffnorm.training.ema import EMA
-from diffnorm.training import loop
 from diffnorm.training.loop import METRICS, EpochOrder, step_generator, train_diffusion
 
 H = 16
