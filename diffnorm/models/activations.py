@@ -1,12 +1,14 @@
 """Mish (Misra 2019), the Diffuser's activation, computed cheaply on the CPU.
 
-Why: ATen's CPU mish evaluates exp, log1p and tanh per element in the forward pass and more in the
-backward; on the U-Net's activations that made it 11-14 % of a training step. The same function follows
-from a single exp: with q = (1 + e^x)^2, tanh(softplus(x)) = 1 - 2 / (q + 1). Computed in place, the
-forward and backward together run about 2x faster. The price is rounding near zero: for x < -10 the
-result, below 5e-4 in size, is off by up to 1.2e-6 absolutely (ATen's mish: 7e-7), which no layer after
-it can tell apart; tests/test_activations.py bounds values and gradients against the float64 definition.
-On other devices ``F.mish`` is already one fused kernel and is used.
+Why: ATen's CPU mish evaluates exp, log1p and tanh per element in the forward pass and more in
+the backward; on the U-Net's activations that was 11 % of a training step
+(docs/results/bench_idle/profile_step.txt). The same function follows from a single exp: with
+q = (1 + e^x)^2, tanh(softplus(x)) = 1 - 2 / (q + 1). Computed in place, forward and backward together
+run 1.5-1.9x faster (docs/results/bench_cpu/ablation.txt). The price is rounding for negative x,
+where 1 - 2 / (q + 1) cancels: up to 1.2e-6 absolute error (8e-5 relative where |y| ~ 0.01), against
+ATen's 7e-7 (docs/results/bench_cpu/mish_accuracy.txt); tests/test_activations.py bounds values and
+gradients against the float64 definition. On other devices ``F.mish`` is already one fused kernel
+and is used.
 """
 
 from __future__ import annotations
@@ -29,9 +31,9 @@ class _MishFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        # 1 - 2 / ((1 + e^x)^2 + 1), in place on one buffer: each fresh CPU tensor of this size costs
-        # page faults, and fewer of them measured faster than more accurate forms with extra buffers.
-        # exp overflowing to inf gives exactly 1, as it should for large x.
+        # 1 - 2 / ((1 + e^x)^2 + 1), in place on one buffer (each fresh CPU tensor of this size costs
+        # page faults; the more accurate n / (n + 2) form needs extra ones). exp overflowing to inf
+        # gives exactly 1, as it should for large x.
         tanh_softplus = torch.exp(x).add_(1).pow_(2).add_(1).reciprocal_().mul_(-2).add_(1)
         return x * tanh_softplus, tanh_softplus
 
