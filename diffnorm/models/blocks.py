@@ -39,15 +39,16 @@ class SinusoidalTimeEmbedding(nn.Module):
 class Conv1dBlock(nn.Module):
     """Conv1d (same padding) -> norm -> activation (Mish in the Diffuser, ReLU in the paper's Eq. 1).
 
-    ``conv``, ``norm`` and ``act`` are named for hooks.
+    ``conv``, ``norm`` and ``act`` are named for hooks. ``conv_layer`` is the Diffuser's time-major
+    convolution by default; a network kept channels-first (the toy CNN) passes ``nn.Conv1d``.
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, norm_layer: NormLayer,
-                 activation: type[nn.Module] = Mish):
+                 activation: type[nn.Module] = Mish, conv_layer: type[nn.Conv1d] = TimeMajorConv1d):
         super().__init__()
         if kernel_size < 1 or kernel_size % 2 == 0:
             raise ValueError(f"kernel_size={kernel_size} must be odd and positive (same padding)")
-        self.conv = TimeMajorConv1d(in_channels, out_channels, kernel_size, padding=kernel_size // 2)
+        self.conv = conv_layer(in_channels, out_channels, kernel_size, padding=kernel_size // 2)
         self.norm = norm_layer(out_channels)
         self.act = activation()
 

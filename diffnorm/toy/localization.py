@@ -37,8 +37,10 @@ class LocalizationCNN(nn.Module):
         check_cnn_settings(depth, kernel_size, hidden)
         norm_layer = norm_layer or norm_factory("none")
         widths = [1] + [hidden] * (depth - 1)
+        # Channels-first nn.Conv1d: the time-major layout of the Diffuser's U-Net buys nothing at 32
+        # channels and slows InstanceNorm here (docs/results/bench_cpu/toy_before_after.txt).
         self.blocks = nn.ModuleList(
-            Conv1dBlock(c_in, c_out, kernel_size, norm_layer, activation=nn.ReLU)
+            Conv1dBlock(c_in, c_out, kernel_size, norm_layer, activation=nn.ReLU, conv_layer=nn.Conv1d)
             for c_in, c_out in zip(widths, widths[1:])
         )
         self.head = nn.Conv1d(widths[-1], 1, kernel_size, padding=kernel_size // 2)
