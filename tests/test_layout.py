@@ -57,6 +57,13 @@ def test_conv_matches_nn_conv1d_forward_and_backward(c_in, c_out, kernel, stride
     assert ours.weight.is_contiguous() and ours.weight.grad.is_contiguous()  # parameters keep torch's layout
 
 
+def test_conv_refuses_padding_it_cannot_express_when_built():
+    with pytest.raises(ValueError, match="integer zero padding only"):
+        TimeMajorConv1d(4, 4, 3, padding=1, padding_mode="reflect")
+    with pytest.raises(ValueError, match="integer zero padding only"):
+        TimeMajorConv1d(4, 4, 3, padding="same")
+
+
 def test_transposed_conv_matches_nn_conv_transpose1d():
     torch.manual_seed(0)
     ref = nn.ConvTranspose1d(8, 8, 4, stride=2, padding=1)

@@ -50,9 +50,12 @@ def _image_weight(weight: torch.Tensor) -> torch.Tensor:
 class TimeMajorConv1d(nn.Conv1d):
     """``nn.Conv1d`` computed as a channels-last 2-D convolution; accepts any layout, returns time-major."""
 
-    def _conv_forward(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
         if self.padding_mode != "zeros" or isinstance(self.padding, str):
             raise ValueError("TimeMajorConv1d supports integer zero padding only")
+
+    def _conv_forward(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         if self.kernel_size[0] == 1 and self.stride[0] == 1 and self.padding[0] == 0 and self.groups == 1:
             # Pointwise: on the [B, T, C] view (contiguous when x is time-major) one matrix product.
             return F.linear(x.transpose(1, 2), weight.squeeze(2), bias).transpose(1, 2)
