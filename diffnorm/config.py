@@ -91,6 +91,9 @@ class TrainSchema:
     num_threads: Optional[int]
     progress: bool
     shards: int = 1  # CPU batch shards on threads (diffnorm.training.step)
+    snapshot_every: int = 0  # EMA snapshots for learning curves; 0 = none
+    lr_schedule: str = "constant"
+    warmup_steps: int = 0
 
 
 @dataclass
@@ -170,6 +173,7 @@ class TrainDiffuserSchema:
     dataset: Optional[str]
     data_dir: str
     device: str
+    dataset_frame: str = "auto"
 
 
 @dataclass
@@ -186,6 +190,21 @@ class PlanMazeSchema:
     num_threads: Optional[int]
     plot_episodes: int
     progress: bool
+
+
+@dataclass
+class LearningCurveSchema:
+    runs: list[str]
+    labels: dict[str, str]
+    mode: str
+    episodes: int
+    seed: int
+    steps: Optional[list[int]]
+    final_multi_episodes: int
+    sampler: Optional[str]
+    num_steps: Optional[int]
+    device: str
+    num_threads: int
 
 
 @dataclass
@@ -372,6 +391,8 @@ def _check_train_diffuser(cfg: dict) -> None:
               "diffusion.observation_dim", "diffusion.action_dim", "diffusion.num_steps")
     _one_of(cfg, "model.name", ("temporal_unet",))
     _one_of(cfg, "diffusion.sampler", ("ddpm", "ddim", "dpm"))
+    _one_of(cfg, "train.lr_schedule", ("constant", "cosine"))
+    _one_of(cfg, "dataset_frame", ("auto", "diffnorm", "d4rl", "centred", "ogbench"))
     mults = model["dim_mults"]
     if len(mults) < 2 or min(mults) < 1:
         raise ConfigError(f"model.dim_mults={mults} needs at least two positive multipliers")
@@ -391,9 +412,9 @@ def _check_train_diffuser(cfg: dict) -> None:
         raise ConfigError(f"train.lr={train['lr']} must be positive")
     if not 0 <= train["ema_decay"] < 1:
         raise ConfigError(f"train.ema_decay={train['ema_decay']} must lie in [0, 1)")
-    if train["sample_every"] < 0 or train["ema_start"] < 0:
-        key = "train.sample_every" if train["sample_every"] < 0 else "train.ema_start"
-        raise ConfigError(f"{key}={_get(cfg, key)} must be >= 0")
+    for key in ("train.sample_every", "train.snapshot_every", "train.ema_start", "train.warmup_steps"):
+        if _get(cfg, key) < 0:
+            raise ConfigError(f"{key}={_get(cfg, key)} must be >= 0")
     norm = cfg["norm"]
     if isinstance(norm, dict) and norm.get("name") == "batch" and train["batch_size"] < 2:
         raise ConfigError(f"norm=batch with train.batch_size={train['batch_size']}: batch statistics over a batch "
@@ -408,6 +429,12 @@ def _check_localization(cfg: dict) -> None:
     _check_norm(cfg["norm"], [cfg["hidden"]])
 
 
+def _check_learning_curve(cfg: dict) -> None:
+    _check_plan_maze({**cfg, "replan_every": None, "max_steps": None})
+    if cfg["final_multi_episodes"] < 0:
+        raise ConfigError(f"final_multi_episodes={cfg['final_multi_episodes']} must be >= 0 (0 = skip)")
+
+
 def _check_plan_maze(cfg: dict) -> None:
     _one_of(cfg, "mode", ("single", "multi"))
     _positive(cfg, "episodes", "replan_every", "max_steps", "num_steps", "num_threads")
@@ -418,6 +445,7 @@ def _check_plan_maze(cfg: dict) -> None:
 SCHEMAS: dict[str, tuple[type, Callable[[dict], None] | None]] = {
     "train_diffuser": (TrainDiffuserSchema, _check_train_diffuser),
     "plan_maze": (PlanMazeSchema, _check_plan_maze),
+    "learning_curve": (LearningCurveSchema, _check_learning_curve),
     "leak_probe": (LeakProbeSchema, None),
     "localization": (LocalizationSchema, _check_localization),
     "groupnorm_groups": (GroupnormGroupsSchema, None),

@@ -14,14 +14,15 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def run_script(script: str, *overrides: str, run_dir: Path | None = None, timeout: int = 600
-               ) -> subprocess.CompletedProcess:
-    """Run ``scripts/<script>.py`` with Hydra overrides in a subprocess; the run dir goes to ``run_dir``."""
+def run_script(script: str, *overrides: str, run_dir: Path | None = None, timeout: int = 600,
+               cwd: Path = ROOT) -> subprocess.CompletedProcess:
+    """Run ``scripts/<script>.py`` with Hydra overrides in a subprocess launched from ``cwd``; the run dir
+    goes to ``run_dir``."""
     args = [sys.executable, str(ROOT / "scripts" / f"{script}.py"), *overrides]
     if run_dir is not None:
         args.append(f"hydra.run.dir={run_dir}")
     env = dict(os.environ, MPLBACKEND="Agg", HYDRA_FULL_ERROR="0")
-    return subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
 
 
 def load_results(run_dir: Path) -> dict:

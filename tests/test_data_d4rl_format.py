@@ -2,6 +2,7 @@
 and the Minari reader on datasets created locally."""
 
 import importlib.util
+import json
 
 import h5py
 import numpy as np
@@ -186,7 +187,7 @@ def test_minari_pointmaze_dataset_is_converted_to_d4rl_coordinates(minari_home):
     env = minari.DataCollector(gym.wrappers.TimeLimit(build_point_maze("maze2d-umaze"), 30), record_infos=False)
     rows = _record(env, episodes=2, steps=30, seed=1)
     env.create_dataset(dataset_id="diffnorm/pointmaze-test-v0", algorithm_name="random", description="test")
-    data = load_minari("diffnorm/pointmaze-test-v0", maze_frame="maze2d-umaze")
+    data = load_minari("diffnorm/pointmaze-test-v0", maze="maze2d-umaze")
     frame = centred_frame("maze2d-umaze")
     obs = np.array([o["observation"] for o in rows["observations"]])
     np.testing.assert_allclose(data["observations"], frame.state_to_d4rl(obs[:, :2], obs[:, 2:]), atol=1e-6)
@@ -221,3 +222,93 @@ def test_minari_dataset_from_buffers_without_jax(minari_home):
 def test_minari_errors(minari_home):
     with pytest.raises(FileNotFoundError, match="not found locally"):
         load_minari("diffnorm/absent-v0")
+
+
+# ---- coordinate frames of data this package did not write ----
+
+@pytest.fixture(scope="module")
+def umaze_stream():
+    from diffnorm.data.generate import generate_maze2d
+
+    return generate_maze2d("maze2d-umaze", 50_000, seed=0, progress=False)  # valid motion, package frame
+
+
+def _as_raw_d4rl(data):
+    """The same motion as D4RL's own files record it: positions 0.2 lower on both axes (body at (1.2, 1.2),
+    walls at (i + 1, j + 1)); velocities and actions unchanged."""
+    raw = {k: v.copy() for k, v in data.items()}
+    for key in ("infos/goal", "infos/qpos"):
+        raw[key] = data[key] - 0.2
+    raw["observations"][:, :2] = data["observations"][:, :2] - 0.2
+    return raw
+
+
+def test_a_raw_d4rl_file_loads_in_the_package_frame(tmp_path, umaze_stream):
+    from diffnorm.data.d4rl_format import load_dataset
+    from diffnorm.data.generate import dataset_checks
+    from diffnorm.envs.maze2d import in_wall, xy_to_cell
+
+    raw = _as_raw_d4rl(umaze_stream)
+    path = _write_like_d4rl(tmp_path / "maze2d-umaze-v1.hdf5", raw)  # h5py directly, no frame attribute
+
+    as_is = load_d4rl_hdf5(path)  # read without a frame: the fault users met
+    cells = xy_to_cell(umaze_stream["observations"][:, :2])
+    assert in_wall("maze2d-umaze", as_is["observations"][:, :2].astype(np.float64)).mean() > 0.005
+    assert (xy_to_cell(as_is["observations"][:, :2]) != cells).any(axis=1).mean() > 0.1
+
+    data, info = load_dataset(path, maze="maze2d-umaze")
+    assert info["frame"] == "d4rl" and "no frame attribute" in info["frame_source"]
+    xy = data["observations"][:, :2].astype(np.float64)
+    assert int(in_wall("maze2d-umaze", xy).sum()) == 0
+    np.testing.assert_array_equal(xy_to_cell(xy), cells)
+    np.testing.assert_allclose(data["observations"], umaze_stream["observations"], atol=1e-6)
+    np.testing.assert_allclose(data["infos/goal"], umaze_stream["infos/goal"], atol=1e-6)
+    np.testing.assert_array_equal(data["actions"], umaze_stream["actions"])
+    checks = dataset_checks("maze2d-umaze", data)
+    assert checks["positions_in_wall"] == 0 and checks["free_cells_visited"] == checks["free_cells"]
+
+
+def test_frames_are_resolved_declared_attribute_generator_then_d4rl(tmp_path, umaze_stream):
+    from diffnorm.data.d4rl_format import load_dataset, resolve_frame
+
+    assert resolve_frame({}) == ("d4rl", "no frame attribute: a D4RL file")
+    assert resolve_frame({"generator": "diffnorm.data.generate"})[0] == "diffnorm"  # files cached before the attribute
+    assert resolve_frame({"frame": "centred", "generator": "diffnorm.x"})[0] == "centred"
+    assert resolve_frame({"frame": "d4rl"}, declared="diffnorm") == ("diffnorm", "declared (dataset_frame)")
+    with pytest.raises(ConfigError, match="unknown coordinate frame 'utm'"):
+        resolve_frame({}, declared="utm")
+    ours = write_d4rl_hdf5(tmp_path / "ours.hdf5", umaze_stream, {"frame": "diffnorm"})
+    data, info = load_dataset(ours)
+    assert info["frame"] == "diffnorm"
+    np.testing.assert_array_equal(data["observations"], umaze_stream["observations"])
+    with pytest.raises(ConfigError, match="centred frame needs its maze"):
+        load_dataset(ours, frame="centred")
+
+
+def test_generated_files_record_their_frame(tmp_path):
+    from diffnorm.data.generate import ensure_dataset
+
+    path = ensure_dataset("maze2d-umaze", 2000, seed=0, data_dir=tmp_path, progress=False)
+    assert d4rl_format.read_attrs(path)["frame"] == "diffnorm"
+
+
+def test_training_on_a_raw_d4rl_file_records_its_frame(script, tmp_path, umaze_stream):
+    """train_diffuser on a D4RL-frame file: converted on load and recorded in results.json; declaring the
+    frame overrides the guess."""
+    from conftest import load_results
+
+    path = _write_like_d4rl(tmp_path / "maze2d-umaze-v1.hdf5", _as_raw_d4rl(umaze_stream))
+    run = tmp_path / "run"
+    proc = script("train_diffuser", "experiment=tiny", f"dataset={path}", "train.steps=1", run_dir=run)
+    assert proc.returncode == 0, proc.stderr
+    source = load_results(run)["dataset"]
+    assert source["frame"] == "d4rl" and source["path"] == str(path)
+    scaler = json.loads((run / "scaler.json").read_text())
+    assert min(scaler["observations"]["mins"][:2]) > 0.5, "positions were shifted into the package frame"
+    declared = tmp_path / "declared"
+    proc = script("train_diffuser", "experiment=tiny", f"dataset={path}", "dataset_frame=diffnorm", "train.steps=1",
+                  run_dir=declared)
+    assert proc.returncode == 0, proc.stderr
+    assert load_results(declared)["dataset"]["frame_source"] == "declared (dataset_frame)"
+    proc = script("train_diffuser", "experiment=tiny", f"dataset={path}", "dataset_frame=utm", run_dir=tmp_path / "bad")
+    assert proc.returncode == 2 and proc.stderr.strip().startswith("error: dataset_frame='utm' is not one of")

@@ -201,3 +201,104 @@ def test_bad_conditions_raise():
         diffusion.sample({0: torch.zeros(1, 6)})
     with pytest.raises(ConfigError, match="transition_dim=6"):
         GaussianDiffusion(Affine(), 8, observation_dim=3, action_dim=2)
+
+
+# ---- step sequences that do not divide the diffusion steps: every step lands on a listed timestep ----
+
+DATA_VAR = 0.25  # x0 ~ N(0, 0.5² I)
+
+
+class ExactDenoiser(nn.Module):
+    """The exact posterior mean E[x0 | x_t] for x0 ~ N(0, 0.25 I): √ᾱ·0.25 / (ᾱ·0.25 + 1 − ᾱ) · x_t."""
+
+    transition_dim = 6
+
+    def __init__(self, abar: torch.Tensor):
+        super().__init__()
+        self.register_buffer("abar", abar.double())
+        self.p = nn.Parameter(torch.zeros((), dtype=torch.float64))
+
+    def forward(self, x, t):
+        a = self.abar[t][:, None, None]
+        return (a.sqrt() * DATA_VAR / (a * DATA_VAR + 1 - a)) * x + self.p
+
+
+def ddim_std_on_listed_timesteps(abar: np.ndarray, timesteps: list[int]) -> float:
+    """The deterministic DDIM recursion for the exact denoiser, stepping between the *listed* timesteps
+    and ending at ᾱ = 1, applied to unit-variance noise: the output's standard deviation."""
+    std = 1.0
+    for k, t in enumerate(timesteps):
+        a = abar[t]
+        c = np.sqrt(a) * DATA_VAR / (a * DATA_VAR + 1 - a)
+        a_prev = abar[timesteps[k + 1]] if k + 1 < len(timesteps) else 1.0
+        std *= np.sqrt(a_prev) * c + np.sqrt(1 - a_prev) * (1 - np.sqrt(a) * c) / np.sqrt(1 - a)
+    return std
+
+
+def sampled_std_factor(T: int, sampler: str, num_steps: int) -> float:
+    """Output / initial noise of a deterministic sampler with the exact denoiser (linear in the noise, so
+    the ratio is the same for every entry outside the conditioned one)."""
+    abar = make_scheduler(sampler, T).alphas_cumprod
+    diffusion = GaussianDiffusion(ExactDenoiser(abar), 4, n_diffusion_steps=T, clip_denoised=False).double()
+    out = diffusion.sample({0: torch.zeros(2, 4, dtype=torch.float64)}, sampler=sampler, num_steps=num_steps,
+                           generator=torch.Generator().manual_seed(0))
+    noise = torch.randn((2, 4, 6), generator=torch.Generator().manual_seed(0)).double()
+    ratio = out[:, 1:] / noise[:, 1:]
+    assert torch.allclose(ratio, ratio.flatten()[0].expand_as(ratio), rtol=1e-9), "the output is linear in the noise"
+    return float(ratio.flatten()[0])
+
+
+@pytest.mark.parametrize("T,num_steps,expected", [(64, 10, 0.4268), (64, 8, 0.4100), (32, 7, 0.3955),
+                                                  (256, 100, 0.4918)])
+def test_ddim_follows_the_listed_timesteps_to_a_clean_sample(T, num_steps, expected):
+    """Before the fix T = 64, 10 steps gave 0.4564 and T = 256, 100 steps 0.5766 (steps of T // n)."""
+    scheduler = make_scheduler("ddim", T)
+    scheduler.set_timesteps(num_steps)
+    recursion = ddim_std_on_listed_timesteps(scheduler.alphas_cumprod.double().numpy(),
+                                             [int(t) for t in scheduler.timesteps])
+    assert recursion == pytest.approx(expected, abs=5e-5)
+    assert sampled_std_factor(T, "ddim", num_steps) == pytest.approx(recursion, rel=1e-6)
+
+
+@pytest.mark.parametrize("T", [32, 64])
+def test_ddim_matches_its_recursion_for_every_step_count(T):
+    for num_steps in range(1, T + 1):
+        scheduler = make_scheduler("ddim", T)
+        scheduler.set_timesteps(num_steps)
+        recursion = ddim_std_on_listed_timesteps(scheduler.alphas_cumprod.double().numpy(),
+                                                 [int(t) for t in scheduler.timesteps])
+        # float32 ᾱ and noise: a few 1e-6 relative where the factor is small by cancellation (T = 64, n = 49: 1.3e-5)
+        assert sampled_std_factor(T, "ddim", num_steps) == pytest.approx(recursion, rel=1e-5, abs=1e-8), num_steps
+
+
+@pytest.mark.parametrize("T", [32, 64])
+def test_ddpm_steps_to_its_next_listed_timestep(T):
+    """diffusers fixed DDPMScheduler upstream: its previous timestep is the next listed one, then -1 (ᾱ = 1)."""
+    for num_steps in range(1, T + 1):
+        scheduler = make_scheduler("ddpm", T)
+        scheduler.set_timesteps(num_steps)
+        listed = [int(t) for t in scheduler.timesteps]
+        assert [int(scheduler.previous_timestep(t)) for t in listed] == [*listed[1:], -1], num_steps
+
+
+class ConstantX0(nn.Module):
+    """Predicts the same clean sample everywhere (1.7 outside [-1, 1], so clipping shows)."""
+
+    transition_dim = 6
+
+    def __init__(self):
+        super().__init__()
+        self.p = nn.Parameter(torch.tensor(1.7))
+
+    def forward(self, x, t):
+        return torch.zeros_like(x) + self.p
+
+
+@pytest.mark.parametrize("sampler", SAMPLERS)
+@pytest.mark.parametrize("T", [7, 32])
+def test_every_sampler_and_step_count_ends_on_the_clipped_x0(sampler, T):
+    diffusion = GaussianDiffusion(ConstantX0(), 8, n_diffusion_steps=T)
+    for num_steps in range(1, T + 1):
+        out = diffusion.sample({0: torch.zeros(2, 4)}, sampler=sampler, num_steps=num_steps,
+                               generator=torch.Generator().manual_seed(num_steps))
+        assert torch.equal(out[:, 1:], torch.ones_like(out[:, 1:])), (sampler, num_steps)

@@ -179,7 +179,8 @@ def test_training_cuts_stitch_files_at_episode_ends_only(stitch_file):
     windows = SequenceDataset(data, horizon=128, eval_goal_xy=None, cut_at_timeouts=True)
     assert len(windows.bounds) == 60 and len(windows) == 60  # one window per episode, none across a reset
     cfg = compose_job("train_diffuser", ["env=maze2d_umaze", f"dataset={path}", "experiment=quick"])
-    trained_on = load_training_data(cfg)
+    trained_on, source = load_training_data(cfg)
+    assert source["frame"] == "diffnorm"
     assert trained_on.bounds == windows.bounds and len(trained_on) == 60
     # the D4RL-stream reading (cut where the agent leaves the umaze goal) would mix episodes
     assert len(SequenceDataset(data, horizon=128, eval_goal_xy=maze_spec("maze2d-umaze").eval_goal_xy).bounds) != 60

@@ -21,9 +21,11 @@ from diffnorm.training.checkpoint import (
     CONFIG,
     EMA_WEIGHTS,
     SCALER,
+    list_snapshots,
     load_checkpoint,
     load_training_state,
     save_training_state,
+    training_seconds,
     write_run_files,
 )
 from diffnorm.training.ema import EMA
@@ -134,6 +136,49 @@ def test_resume_gives_the_uninterrupted_weights(tmp_path):
     assert state_equal(resumed, straight) and state_equal(resumed_ema, straight_ema)
     assert [s for s, _ in resumed_summary["loss_curve"]] == [2, 3, 4, 6]
     assert dict(summary["loss_curve"])[6] == dict(resumed_summary["loss_curve"])[6]  # same window, same loss
+
+
+def test_snapshots_are_kept_at_every_n_steps_and_at_the_end(tmp_path):
+    _, ema, _ = run(tiny_cfg(steps=7, snapshot_every=3), tmp_path)
+    snapshots = list_snapshots(tmp_path)
+    assert [s for s, _ in snapshots] == [3, 6, 7]
+    assert [p.name for _, p in snapshots] == ["step_0000003.safetensors", "step_0000006.safetensors",
+                                              "step_0000007.safetensors"]
+    seconds = [training_seconds(p) for _, p in snapshots]
+    assert all(s > 0 for s in seconds) and seconds == sorted(seconds)
+    final = load_checkpoint(snapshots[-1][1])
+    assert final.step == 7 and final.train_seconds == seconds[-1] and state_equal(final.diffusion.model, ema.model)
+    assert load_checkpoint(snapshots[0][1]).step == 3
+    assert not list((tmp_path / "snapshots").glob("*.tmp")), "snapshots are written atomically"
+
+
+def test_snapshots_and_training_seconds_survive_resume(tmp_path):
+    run(tiny_cfg(steps=6, snapshot_every=2), tmp_path / "a")
+    run(tiny_cfg(steps=3, snapshot_every=2), tmp_path / "b")  # snapshots 2 and 3 (the end of this start)
+    before = training_seconds(tmp_path / "b" / CHECKPOINT)
+    _, _, summary = run(tiny_cfg(steps=6, snapshot_every=2, resume=True), tmp_path / "b")
+    assert [s for s, _ in list_snapshots(tmp_path / "b")] == [2, 3, 4, 6]
+    for step in (2, 4, 6):  # the resumed run's snapshots hold the uninterrupted run's weights
+        a = load_checkpoint(tmp_path / "a" / "snapshots" / f"step_{step:07d}.safetensors").diffusion.model
+        b = load_checkpoint(tmp_path / "b" / "snapshots" / f"step_{step:07d}.safetensors").diffusion.model
+        assert state_equal(a, b)
+    assert training_seconds(tmp_path / "b" / "snapshots" / "step_0000004.safetensors") > before
+    assert summary["train_seconds_total"] > before
+    elapsed = [float(r.split(",")[3]) for r in (tmp_path / "b" / METRICS).read_text().strip().splitlines()[1:]]
+    assert elapsed == sorted(elapsed), "metrics.csv counts wall time from the run's first start"
+
+
+def test_cosine_schedule_with_warmup_sets_each_steps_learning_rate(tmp_path):
+    from diffnorm.training.step import learning_rate
+
+    assert [learning_rate(s, 1.0, 10, "cosine", 2) for s in (0, 1, 2, 6, 10)] == \
+        pytest.approx([0.5, 1.0, 1.0, 0.5, 0.0])
+    assert learning_rate(7, 2e-4, 10) == 2e-4
+    run(tiny_cfg(steps=6, lr_schedule="cosine", warmup_steps=0, log_every=2), tmp_path)
+    lrs = [float(r.split(",")[2]) for r in (tmp_path / METRICS).read_text().strip().splitlines()[1:]]
+    assert lrs == pytest.approx([learning_rate(s, 1e-3, 6, "cosine") for s in (1, 3, 5)])
+    with pytest.raises(ConfigError, match="train.lr_schedule='linear' is unknown"):
+        run(tiny_cfg(lr_schedule="linear"), tmp_path / "bad")
 
 
 def test_training_lowers_the_loss(tmp_path):

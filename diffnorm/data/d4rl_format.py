@@ -6,6 +6,12 @@ datasets converted on load, so everything downstream sees the same arrays:
     observations [N, 4]  actions [N, 2]  rewards [N]  terminals [N]  timeouts [N]
     infos/goal [N, 2]    infos/qpos [N, 2]  infos/qvel [N, 2]
 
+Coordinate frames: every loader returns positions in the package's frame (cell (i, j) centred at
+(i, j); ``diffnorm.envs.frames``). ``load_dataset`` resolves a file's frame once (``resolve_frame``: a
+declared one, else the file's ``frame`` attribute, else this package's own generator, else a raw D4RL
+file, whose positions are 0.2 off) and converts with ``to_package_frame``; ``load_minari`` does the same
+for gymnasium-robotics' centred frame.
+
 Observations are [N, 4] (x, y, vx, vy) for maze2d. Readers and writers take ``observation_dim=None`` to
 accept any width >= 2 with x, y first, for data whose state is smaller (OGBench's kinematic point:
 positions only); the default keeps maze2d's contract.
@@ -146,6 +152,64 @@ def load_d4rl_hdf5(path: str | Path, observation_dim: int | None = 4) -> dict[st
     return _as_layout(data)
 
 
+FRAME_ATTR = "frame"  # root attribute naming the coordinate frame of a file's positions
+
+
+def resolve_frame(attrs: dict[str, Any], declared: str = "auto") -> tuple[str, str]:
+    """(frame, why) of a file with root attributes ``attrs``: ``declared`` unless "auto"; else the file's
+    ``frame`` attribute; else "diffnorm" for files this package generated (before it wrote the attribute);
+    else "d4rl", a raw D4RL file (which carries no frame attribute). Raises ConfigError for an unknown name."""
+    from diffnorm.envs.frames import DATA_FRAMES
+
+    if declared != "auto":
+        frame, why = declared, "declared (dataset_frame)"
+    elif FRAME_ATTR in attrs:
+        frame, why = str(attrs[FRAME_ATTR]), f"the file's {FRAME_ATTR!r} attribute"
+    elif str(attrs.get("generator", "")).startswith("diffnorm."):
+        frame, why = "diffnorm", "written by diffnorm's generator"
+    else:
+        frame, why = "d4rl", "no frame attribute: a D4RL file"
+    if frame not in DATA_FRAMES:
+        raise ConfigError(f"unknown coordinate frame {frame!r} ({why}); choose one of {['auto', *DATA_FRAMES]}")
+    return frame, why
+
+
+def to_package_frame(data: dict[str, np.ndarray], frame: str, maze: str | None = None) -> dict[str, np.ndarray]:
+    """D4RL-layout arrays with positions (observations[:, :2], infos/goal, infos/qpos) and vectors
+    (velocities observations[:, 2:4], infos/qvel, and actions) mapped from ``frame`` into the package's
+    frame (``diffnorm.envs.maze2d.data_frame``). OGBench actions only swap their axes (their scale is the
+    env's action box, not its units). The input is not modified."""
+    from diffnorm.envs.frames import OGBenchFrame
+    from diffnorm.envs.maze2d import data_frame
+
+    if frame == "diffnorm":
+        return data
+    f = data_frame(frame, maze)
+    out = dict(data)
+    obs = np.asarray(data["observations"], dtype=np.float64)
+    parts = [f.point_to_d4rl(obs[:, :2])]
+    if obs.shape[1] >= 4:
+        parts += [f.vector_to_d4rl(obs[:, 2:4]), obs[:, 4:]]
+    out["observations"] = np.concatenate(parts, axis=1).astype(np.float32)
+    for key in ("infos/goal", "infos/qpos"):
+        out[key] = f.point_to_d4rl(data[key]).astype(np.float32)
+    out["infos/qvel"] = f.vector_to_d4rl(data["infos/qvel"]).astype(np.float32)
+    actions = OGBenchFrame.action_to_d4rl(data["actions"]) if frame == "ogbench" else f.vector_to_d4rl(data["actions"])
+    out["actions"] = np.asarray(actions, dtype=np.float32)
+    return out
+
+
+def load_dataset(path: str | Path, maze: str | None = None, frame: str = "auto",
+                 observation_dim: int | None = 4) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """A D4RL-layout file in the package's frame, and what was done: ``(data, info)`` with info =
+    {"path", "frame", "frame_source", "attrs"}. ``frame`` declares the file's frame ("auto": see
+    ``resolve_frame``); ``maze`` is needed for the centred frame only."""
+    attrs = read_attrs(path)
+    resolved, why = resolve_frame(attrs, frame)
+    data = to_package_frame(load_d4rl_hdf5(path, observation_dim=observation_dim), resolved, maze)
+    return data, {"path": str(Path(path).resolve()), "frame": resolved, "frame_source": why, "attrs": attrs}
+
+
 def read_attrs(path: str | Path) -> dict[str, Any]:
     """The root attributes of an HDF5 file (our generator's metadata), as plain Python values."""
     path = Path(path)
@@ -190,7 +254,7 @@ def write_d4rl_hdf5(path: str | Path, data: dict[str, np.ndarray], attrs: dict[s
     return path
 
 
-def load_minari(dataset_id: str, maze_frame: str | None = None) -> dict[str, np.ndarray]:
+def load_minari(dataset_id: str, maze: str | None = None, frame: str = "auto") -> dict[str, np.ndarray]:
     """Read a LOCAL Minari dataset (``MINARI_DATASETS_PATH``; never downloads) into the D4RL layout.
 
     Minari stores each episode's final observation too; it is dropped, so step t holds the observation
@@ -198,8 +262,12 @@ def load_minari(dataset_id: str, maze_frame: str | None = None) -> dict[str, np.
     terminations/truncations. Dict observations (gymnasium-robotics PointMaze) give ``observation`` and
     ``desired_goal``; flat ones (``make_env``) need ``goal`` in the recorded infos. ``qpos``/``qvel``
     come from the infos when recorded, else from the observation (for the point mass they are the same
-    numbers). Data recorded in gymnasium-robotics' centred frame (e.g. Minari's D4RL/pointmaze) is
-    converted to D4RL coordinates when ``maze_frame`` names its maze.
+    numbers).
+
+    Frame: ``auto`` takes dict observations (gymnasium-robotics PointMaze, e.g. Minari's D4RL/pointmaze)
+    as the ``centred`` frame and flat ones (recorded with this package's ``make_env``) as ``diffnorm``;
+    any name of ``envs.frames.DATA_FRAMES`` declares it. The centred frame needs ``maze`` (its layout's
+    size sets the shift); without it a ConfigError says so.
     """
     try:
         import minari
@@ -211,6 +279,7 @@ def load_minari(dataset_id: str, maze_frame: str | None = None) -> dict[str, np.
         raise FileNotFoundError(f"Minari dataset {dataset_id!r} not found locally (MINARI_DATASETS_PATH="
                                 f"{os.environ.get('MINARI_DATASETS_PATH', '~/.minari/datasets')})") from None
     parts: dict[str, list[np.ndarray]] = {k: [] for k in D4RL_LAYOUT}
+    dict_observations = False
     for episode in dataset.iterate_episodes():
         where = f"minari {dataset_id!r} episode {episode.id}"
         n = len(episode.rewards)
@@ -219,6 +288,7 @@ def load_minari(dataset_id: str, maze_frame: str | None = None) -> dict[str, np.
         obs = episode.observations
         infos = episode.infos or {}
         if isinstance(obs, dict):
+            dict_observations = True
             for key in ("observation", "desired_goal"):
                 if key not in obs:
                     raise ConfigError(f"{where}: dict observation has no {key!r} (has {sorted(obs)})")
@@ -243,14 +313,11 @@ def load_minari(dataset_id: str, maze_frame: str | None = None) -> dict[str, np.
     if not parts["observations"]:
         raise ConfigError(f"minari {dataset_id!r} has no episodes")
     data = {k: np.concatenate(v) for k, v in parts.items()}
-    if maze_frame is not None:
-        from diffnorm.envs.maze2d import centred_frame
-
-        frame = centred_frame(maze_frame)
-        data["observations"] = frame.state_to_d4rl(data["observations"][:, :2], data["observations"][:, 2:])
-        data["actions"] = frame.vector_to_d4rl(data["actions"])
-        data["infos/goal"] = frame.point_to_d4rl(data["infos/goal"])
-        data["infos/qpos"] = frame.point_to_d4rl(data["infos/qpos"])
-        data["infos/qvel"] = frame.vector_to_d4rl(data["infos/qvel"])
+    if frame == "auto":
+        frame = "centred" if dict_observations else "diffnorm"
+    if frame == "centred" and maze is None:
+        raise ConfigError(f"minari {dataset_id!r} is in gymnasium-robotics' centred frame; pass maze=<maze2d-...> "
+                          "to convert it (or frame= to declare another frame)")
+    data = to_package_frame(data, frame, maze)
     validate_d4rl(data, source=f"minari {dataset_id!r}")
     return _as_layout(data)

@@ -220,7 +220,8 @@ def dataset_attrs(name: str, steps: int, seed: int) -> dict[str, Any]:
     """Metadata stored with a generated file; ``ensure_dataset`` checks it before reusing a cache."""
     return {"maze": name, "seed": int(seed), "steps": int(steps), "recipe_version": RECIPE_VERSION,
             "action_noise_std": ACTION_NOISE_STD, "max_episode_steps": maze_spec(name).max_episode_steps,
-            "coordinates": "d4rl: cell (i, j) centred at x=i, y=j", "generator": "diffnorm.data.generate"}
+            "coordinates": "d4rl: cell (i, j) centred at x=i, y=j", "frame": "diffnorm",
+            "generator": "diffnorm.data.generate"}
 
 
 def dataset_path(env_name: str, steps: int, seed: int, data_dir: str | Path = "data") -> Path:
@@ -582,7 +583,7 @@ def stitch_attrs(name: str, episodes: int, episode_steps: int, travel_cells: int
     return {"maze": name, "seed": int(seed), "episodes": int(episodes), "episode_steps": int(episode_steps),
             "steps": int(episodes) * int(episode_steps), "travel_cells": int(travel_cells),
             "recipe_version": STITCH_RECIPE_VERSION, "action_noise_std": ACTION_NOISE_STD,
-            "segments": "timeouts", "coordinates": "d4rl: cell (i, j) centred at x=i, y=j",
+            "segments": "timeouts", "coordinates": "d4rl: cell (i, j) centred at x=i, y=j", "frame": "diffnorm",
             "generator": "diffnorm.data.generate.generate_stitch",
             "tasks_json": json.dumps([[np.asarray(s).tolist(), np.asarray(g).tolist()] for s, g in tasks]),
             "stitch_check_passed": bool(check["passed"]), "stitch_check_json": json.dumps(check)}

@@ -31,6 +31,9 @@ def make_scheduler(sampler: str, n_diffusion_steps: int) -> SchedulerMixin:
     Schedulers keep per-run state (``set_timesteps``), so each sampling run gets its own. Clipping of x0
     happens in ``GaussianDiffusion`` (the same line for every sampler: DPM-Solver has no clip option).
     ``trailing`` spacing makes a shortened run start at the last training step, i.e. from pure noise.
+    DDIM's own ``step`` assumes the listed timesteps are T // n apart, which they are not when n does not
+    divide T; ``GaussianDiffusion.sample`` therefore takes DDIM's update from ``ddim_step`` on the listed
+    timesteps and uses this scheduler only for the timesteps and ᾱ.
     """
     common = {"num_train_timesteps": n_diffusion_steps, "beta_schedule": "squaredcos_cap_v2",
               "prediction_type": "sample", "timestep_spacing": "trailing"}
@@ -42,6 +45,13 @@ def make_scheduler(sampler: str, n_diffusion_steps: int) -> SchedulerMixin:
     if sampler == "dpm":
         return DPMSolverMultistepScheduler(**common, algorithm_type="dpmsolver++", solver_order=2)
     raise ConfigError(f"unknown sampler {sampler!r}; choose one of {list(SAMPLERS)}")
+
+
+def ddim_step(x0: torch.Tensor, x: torch.Tensor, abar: torch.Tensor, abar_prev: torch.Tensor) -> torch.Tensor:
+    """One deterministic DDIM update (Song et al. 2021, Eq. 12 with eta = 0) from x_t, with ᾱ_t = ``abar``,
+    to the next listed timestep, with ᾱ = ``abar_prev``, given the predicted clean sample ``x0``."""
+    eps = (x - abar.sqrt() * x0) / (1.0 - abar).sqrt()
+    return abar_prev.sqrt() * x0 + (1.0 - abar_prev).sqrt() * eps
 
 
 class GaussianDiffusion(nn.Module):
@@ -138,6 +148,8 @@ class GaussianDiffusion(nn.Module):
 
         ``sampler``/``num_steps`` default to the ones given at construction (DDPM over all steps unless
         changed). Noise is drawn from ``generator`` on the CPU, so a seed gives the same plans everywhere.
+        Every step goes to the scheduler's next listed timestep, and the last step returns the network's
+        (clipped) x0 itself, so any ``num_steps`` in [1, n_diffusion_steps] ends on a clean sample.
         """
         sampler = sampler if sampler is not None else self.default_sampler
         num_steps = num_steps if num_steps is not None else self.default_num_steps
@@ -151,11 +163,19 @@ class GaussianDiffusion(nn.Module):
         x = torch.randn((batch, horizon, self.transition_dim), generator=generator).to(device)
         x = x * scheduler.init_noise_sigma  # 1 for these variance-preserving schedulers
         x = self.apply_conditions(x, conditions)
-        for t in tqdm(scheduler.timesteps, desc=f"{sampler} sampling", disable=not progress, leave=False):
-            x0 = self.model(x, torch.full((batch,), int(t), device=device, dtype=torch.long))
+        timesteps = [int(t) for t in scheduler.timesteps]
+        abar = scheduler.alphas_cumprod.to(device=device, dtype=x.dtype)
+        for k, t in enumerate(tqdm(timesteps, desc=f"{sampler} sampling", disable=not progress, leave=False)):
+            x0 = self.model(x, torch.full((batch,), t, device=device, dtype=torch.long))
             if self.clip_denoised:
                 x0 = x0.clamp(-1.0, 1.0)
-            # The schedulers treat dim 1 as channels only for shape bookkeeping; [B, H, D] works as is.
-            x = scheduler.step(x0, t, x, generator=generator).prev_sample
+            if k == len(timesteps) - 1:
+                x = x0  # the step after the last listed timestep is the clean sample (ᾱ = 1)
+            elif sampler == "ddim":
+                x = ddim_step(x0, x, abar[t], abar[timesteps[k + 1]])
+            else:
+                # diffusers' DDPM and DPM-Solver++ step to their own next listed timestep. The schedulers
+                # treat dim 1 as channels only for shape bookkeeping; [B, H, D] works as is.
+                x = scheduler.step(x0, t, x, generator=generator).prev_sample
             x = self.apply_conditions(x, conditions)
         return x

@@ -12,9 +12,10 @@ from D4RL in conventions only, and this module restores D4RL's (Fu et al. 2020):
 - reset: a uniformly drawn free cell + U(-0.1, 0.1) position noise and N(0, 0.1) velocity
   (gymnasium-robotics: +-0.25 and zero velocity).
 
-One known difference to the original files is kept, not hidden: in D4RL's mujoco-py model the particle
-body sits at (1.2, 1.2) while wall (i, j) sits at (i + 1, j + 1), so in raw D4RL qpos the walls are
-centred at (i - 0.2, j - 0.2). Here walls are centred exactly on (i, j).
+One known difference to the original files: in D4RL's mujoco-py model the particle body sits at
+(1.2, 1.2) while wall (i, j) sits at (i + 1, j + 1), so in raw D4RL qpos the walls are centred at
+(i - 0.2, j - 0.2). Here walls are centred exactly on (i, j); real D4RL files are shifted into this frame
+on load (``envs.frames``, ``data_frame``).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ import gymnasium as gym
 import numpy as np
 import yaml
 
+from diffnorm.envs.frames import DATA_FRAMES, CentredFrame, D4RLFileFrame, Frame, OGBenchFrame, PackageFrame
 from diffnorm.experiments.common import ConfigError, require
 
 GOAL_RADIUS = 0.5  # D4RL sparse reward: 1 when ||xy - goal|| <= 0.5
@@ -50,6 +52,7 @@ class MazeSpec:
     dataset_steps: int
     ref_min_score: float
     ref_max_score: float
+    diffuser_score: dict[str, tuple[float, float]]  # mode -> (mean, s.e.) reported by Janner et al. 2022
 
     @property
     def free_cells(self) -> list[tuple[int, int]]:
@@ -81,7 +84,8 @@ def maze_spec(name: str) -> MazeSpec:
     layout.setflags(write=False)
     return MazeSpec(name=name, layout=layout, eval_goal_cell=tuple(m["eval_goal_cell"]),
                     max_episode_steps=int(m["max_episode_steps"]), dataset_steps=int(m["dataset_steps"]),
-                    ref_min_score=float(m["ref_min_score"]), ref_max_score=float(m["ref_max_score"]))
+                    ref_min_score=float(m["ref_min_score"]), ref_max_score=float(m["ref_max_score"]),
+                    diffuser_score={mode: (float(v[0]), float(v[1])) for mode, v in m["diffuser_score"].items()})
 
 
 def normalized_score(name: str, episode_return: float | np.ndarray) -> float | np.ndarray:
@@ -133,53 +137,19 @@ def bfs_distances(name: str, cell: tuple[int, int]) -> np.ndarray:
     return dist
 
 
-@dataclass(frozen=True)
-class CentredFrame:
-    """gymnasium-robotics' centred frame <-> D4RL coordinates, for a layout of ``rows`` x ``cols``.
-
-    gymnasium-robotics puts cell (i, j) at x = (j + 0.5) - cols / 2, y = rows / 2 - (i + 0.5); D4RL at
-    (i, j). The map is a rotation by 90 degrees plus a shift, so vectors (velocities, forces) rotate
-    without the shift. Every conversion in the package goes through here.
-    """
-
-    rows: int
-    cols: int
-
-    def point_to_d4rl(self, xy: np.ndarray) -> np.ndarray:
-        xy = np.asarray(xy, dtype=np.float64)
-        return np.stack([self.rows / 2 - 0.5 - xy[..., 1], xy[..., 0] + self.cols / 2 - 0.5], axis=-1)
-
-    def point_from_d4rl(self, xy: np.ndarray) -> np.ndarray:
-        xy = np.asarray(xy, dtype=np.float64)
-        return np.stack([xy[..., 1] - self.cols / 2 + 0.5, self.rows / 2 - 0.5 - xy[..., 0]], axis=-1)
-
-    @staticmethod
-    def vector_to_d4rl(v: np.ndarray) -> np.ndarray:
-        v = np.asarray(v, dtype=np.float64)
-        return np.stack([-v[..., 1], v[..., 0]], axis=-1)
-
-    @staticmethod
-    def vector_from_d4rl(v: np.ndarray) -> np.ndarray:
-        v = np.asarray(v, dtype=np.float64)
-        return np.stack([v[..., 1], -v[..., 0]], axis=-1)
-
-    def state_to_d4rl(self, qpos: np.ndarray, qvel: np.ndarray) -> np.ndarray:
-        """[x, y, vx, vy] in D4RL coordinates from the simulator's centred qpos, qvel."""
-        return np.concatenate([self.point_to_d4rl(qpos), self.vector_to_d4rl(qvel)], axis=-1)
-
-    # Scalar versions of the same maps for the dataset generator's per-step loop, where building
-    # small arrays would cost more than the physics step itself.
-    def state_to_d4rl_scalars(self, qx: float, qy: float, vx: float, vy: float
-                              ) -> tuple[float, float, float, float]:
-        return self.rows / 2 - 0.5 - qy, qx + self.cols / 2 - 0.5, -vy, vx
-
-    @staticmethod
-    def vector_from_d4rl_scalars(vx: float, vy: float) -> tuple[float, float]:
-        return vy, -vx
-
-
 def centred_frame(name: str) -> CentredFrame:
     return CentredFrame(*maze_spec(name).layout.shape)
+
+
+def data_frame(frame: str, maze: str | None = None) -> Frame:
+    """The coordinate frame ``frame`` (one of ``DATA_FRAMES``) of data recorded in ``maze``; its
+    ``point_to_d4rl`` / ``vector_to_d4rl`` map into the package's frame. ``centred`` needs the maze
+    (the shift depends on the layout's size). Raises ConfigError for an unknown frame or a missing maze."""
+    require(frame in DATA_FRAMES, f"unknown coordinate frame {frame!r}; choose one of {list(DATA_FRAMES)}")
+    if frame == "centred":
+        require(maze is not None, "data in gymnasium-robotics' centred frame needs its maze to be converted")
+        return centred_frame(str(maze))
+    return {"diffnorm": PackageFrame(), "d4rl": D4RLFileFrame(), "ogbench": OGBenchFrame()}[frame]
 
 
 def build_point_maze(name: str, render_mode: str | None = None):

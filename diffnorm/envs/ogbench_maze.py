@@ -16,7 +16,7 @@ and the 5 evaluation tasks per maze, but not its data scripts. Here:
 Frame. OGBench's medium and large layouts are maze2d's (checked when an env is made), with cell (i, j)
 at x = 4 j - 4, y = 4 i - 4. Everything leaving this module is in diffnorm's D4RL frame (cell (i, j) at
 x = i, y = j), so ``in_wall``, ``bfs_distances``, ``stitch_check`` and the maze plots apply unchanged;
-``OGBenchFrame`` is the one place that converts. Actions swap their axes but keep their scale (the box
+``OGBenchFrame`` (in ``envs.frames``) is the one place that converts. Actions swap their axes but keep their scale (the box
 [-1, 1]^2 maps onto itself); the point is kinematic, each unit of action moving it 0.2 OGBench units =
 ``OGBENCH_STEP`` cells in one step, and its observation is the position only, so data files hold
 observations [N, 2] (``load_d4rl_hdf5(path, observation_dim=None)``). OGBench's success radius (1.0 of
@@ -28,7 +28,6 @@ from __future__ import annotations
 import contextlib
 import json
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +36,7 @@ from tqdm.auto import tqdm
 
 from diffnorm.data.d4rl_format import read_attrs, write_d4rl_hdf5
 from diffnorm.data.generate import stitch_check, stitch_tasks
+from diffnorm.envs.frames import OGBenchFrame
 from diffnorm.envs.maze2d import bfs_distances, maze_spec, xy_to_cell
 from diffnorm.experiments.common import ConfigError, require
 
@@ -62,33 +62,6 @@ def import_ogbench():
     import ogbench
 
     return ogbench
-
-
-@dataclass(frozen=True)
-class OGBenchFrame:
-    """OGBench pointmaze coordinates <-> diffnorm's D4RL frame (maze_unit 4, offset 4, axes swapped)."""
-
-    unit: float = 4.0
-    offset: float = 4.0
-
-    def point_to_d4rl(self, xy: np.ndarray) -> np.ndarray:
-        xy = np.asarray(xy, dtype=np.float64)
-        return np.stack([(xy[..., 1] + self.offset) / self.unit, (xy[..., 0] + self.offset) / self.unit], axis=-1)
-
-    def point_from_d4rl(self, xy: np.ndarray) -> np.ndarray:
-        xy = np.asarray(xy, dtype=np.float64)
-        return np.stack([xy[..., 1] * self.unit - self.offset, xy[..., 0] * self.unit - self.offset], axis=-1)
-
-    def vector_to_d4rl(self, v: np.ndarray) -> np.ndarray:
-        v = np.asarray(v, dtype=np.float64)
-        return np.stack([v[..., 1], v[..., 0]], axis=-1) / self.unit
-
-    @staticmethod
-    def action_to_d4rl(a: np.ndarray) -> np.ndarray:
-        a = np.asarray(a, dtype=np.float64)
-        return np.stack([a[..., 1], a[..., 0]], axis=-1)
-
-    action_from_d4rl = action_to_d4rl  # swapping the axes is its own inverse
 
 
 def make_ogbench_env(maze: str, **kwargs):
@@ -216,6 +189,7 @@ def ogbench_stitch_attrs(maze: str, episodes: int, episode_steps: int, seed: int
             "action_noise_std": OGBENCH_ACTION_NOISE, "recipe_version": OGBENCH_RECIPE_VERSION,
             "segments": "timeouts", "observation_dim": 2,
             "coordinates": "d4rl frame: cell (i, j) at x=i, y=j; ogbench (x, y) -> ((y + 4) / 4, (x + 4) / 4)",
+            "frame": "diffnorm",
             "generator": "diffnorm.envs.ogbench_maze.generate_ogbench_stitch",
             "stitch_check_ogbench_tasks_passed": bool(checks["ogbench_tasks"]["passed"]),
             "stitch_check_diffnorm_tasks_passed": bool(checks["diffnorm_tasks"]["passed"]),

@@ -89,6 +89,24 @@ def run_dir() -> Path:
     return Path.cwd()
 
 
+def launch_dir() -> Path:
+    """The directory the user launched the job from: Hydra's original working directory inside a Hydra
+    job (also when ``hydra.job.chdir=true`` moved the process into the run directory), else the cwd."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if HydraConfig.initialized():
+        return Path(HydraConfig.get().runtime.cwd)
+    return Path.cwd()
+
+
+def resolve_path(path: str | os.PathLike) -> Path:
+    """A path-valued setting as an absolute path: ``~`` expanded, a relative path taken against
+    ``launch_dir()`` (never against the run directory), so a job reads the same file with and without
+    ``hydra.job.chdir``."""
+    p = Path(os.fspath(path)).expanduser()
+    return p if p.is_absolute() else launch_dir() / p
+
+
 def _jsonable(value: Any) -> Any:
     if isinstance(value, dict):
         return {str(k): _jsonable(v) for k, v in value.items()}

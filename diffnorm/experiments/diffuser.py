@@ -16,13 +16,13 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from diffnorm.data.d4rl_format import load_d4rl_hdf5, read_attrs
+from diffnorm.data.d4rl_format import load_dataset, read_attrs
 from diffnorm.data.generate import ensure_dataset
 from diffnorm.data.scaling import TrajectoryScaler
 from diffnorm.data.sequence import SequenceDataset
 from diffnorm.diffusion.gaussian import GaussianDiffusion
 from diffnorm.envs.maze2d import in_wall, maze_spec
-from diffnorm.experiments.common import require, resolve_device, seed_everything, write_results
+from diffnorm.experiments.common import require, resolve_device, resolve_path, seed_everything, write_results
 from diffnorm.plotting.diffuser import loss_curve, plan_grid
 from diffnorm.training.build import build_diffusion
 from diffnorm.training.checkpoint import CONFIG, SCALER, load_scaler, write_run_files
@@ -38,13 +38,21 @@ JOIN_DISTANCE = 0.2
 
 # What makes two runs the same run: a resume must agree on all of it (train.steps may grow, intervals,
 # threads, progress and the GPU-only speed options may change).
+# A decaying learning rate is a function of train.steps, so such a run cannot be extended.
 _IDENTITY = ("env", "norm", "model", "diffusion", "seed", "data_seed", "dataset", "train.batch_size",
-             "train.grad_accumulation", "train.lr", "train.ema_decay", "train.ema_every", "train.ema_start")
+             "train.grad_accumulation", "train.lr", "train.lr_schedule", "train.warmup_steps", "train.ema_decay",
+             "train.ema_every", "train.ema_start")
+_SAVED_BEFORE = {"train.lr_schedule": "constant", "train.warmup_steps": 0}  # what runs that predate a key used
 
 
 def _identity(cfg: DictConfig) -> dict[str, Any]:
-    return {k: OmegaConf.to_container(v, resolve=True) if OmegaConf.is_config(v) else v
-            for k in _IDENTITY for v in [OmegaConf.select(cfg, k)]}
+    keys = _IDENTITY + (("train.steps",) if OmegaConf.select(cfg, "train.lr_schedule", default="constant") != "constant"
+                        else ())
+    identity = {}
+    for key in keys:
+        value = OmegaConf.select(cfg, key, default=_SAVED_BEFORE.get(key))
+        identity[key] = OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
+    return identity
 
 
 def _check_resume_matches(out: Path, cfg: DictConfig) -> TrajectoryScaler:
@@ -52,39 +60,45 @@ def _check_resume_matches(out: Path, cfg: DictConfig) -> TrajectoryScaler:
     for name in (CONFIG, SCALER):
         require((out / name).is_file(), f"train.resume=true but {out / name} does not exist")
     saved, now = _identity(OmegaConf.load(out / CONFIG)), _identity(cfg)
-    diff = [f"{k}: run {saved[k]} vs now {now[k]}" for k in _IDENTITY if saved[k] != now[k]]
+    diff = [f"{k}: run {saved.get(k)} vs now {now.get(k)}" for k in sorted(set(saved) | set(now))
+            if saved.get(k) != now.get(k)]
     require(not diff, f"train.resume=true in {out}, but the config differs from the run's: {'; '.join(diff)}")
     return load_scaler(json.loads((out / SCALER).read_text()))
 
 
-def load_training_data(cfg: DictConfig, scaler: TrajectoryScaler | None = None) -> SequenceDataset:
-    """The configured dataset (given file, or generated and cached) cut into horizon windows."""
+def load_training_data(cfg: DictConfig, scaler: TrajectoryScaler | None = None
+                       ) -> tuple[SequenceDataset, dict[str, Any]]:
+    """The configured dataset (given file, or generated and cached) in the package's coordinate frame,
+    cut into horizon windows; and where it came from (path, frame and why that frame)."""
+    data_dir = resolve_path(str(cfg.data_dir))
     if cfg.dataset is not None:
-        path = Path(str(cfg.dataset))
-        require(path.is_file(), f"dataset={path} does not exist")
+        path = resolve_path(str(cfg.dataset))
+        require(path.is_file(), f"dataset={cfg.dataset} does not exist ({path})")
     elif OmegaConf.select(cfg, "env.ogbench") is not None:  # OGBench's stitch recipe in its own env
         from diffnorm.envs.ogbench_maze import ensure_ogbench_stitch_dataset, ogbench_maze_of
 
         og = cfg.env.ogbench
         path = ensure_ogbench_stitch_dataset(ogbench_maze_of(cfg.env), int(og.episodes), int(og.episode_steps),
-                                             seed=int(og.data_seed), data_dir=str(cfg.data_dir),
+                                             seed=int(og.data_seed), data_dir=data_dir,
                                              progress=bool(cfg.train.progress))
     else:
         require(int(cfg.env.dataset_steps) > 0, f"env.dataset_steps={cfg.env.dataset_steps} must be positive")
         path = ensure_dataset(str(cfg.env.name), int(cfg.env.dataset_steps), int(cfg.data_seed),
-                              data_dir=str(cfg.data_dir), progress=bool(cfg.train.progress))
+                              data_dir=data_dir, progress=bool(cfg.train.progress))
     # Files of separate episodes (stitch, OGBench) say so in their metadata: cut at their timeouts only, and
     # take the observation width from the file (OGBench's point has positions only).
     separate = read_attrs(path).get("segments") == "timeouts"
-    data = load_d4rl_hdf5(path, observation_dim=None if separate else 4)
+    data, source = load_dataset(path, maze=str(cfg.env.name), frame=str(cfg.get("dataset_frame", "auto")),
+                                observation_dim=None if separate else 4)
+    source.pop("attrs")
     dataset = SequenceDataset(data, int(cfg.env.horizon), None if separate else maze_spec(str(cfg.env.name)).eval_goal_xy,
                               scaler=scaler, cut_at_timeouts=separate)
     require(dataset.transition_dim == cfg.diffusion.observation_dim + cfg.diffusion.action_dim,
             f"dataset transitions have {dataset.transition_dim} dims, the model expects "
             f"{cfg.diffusion.observation_dim + cfg.diffusion.action_dim}")
-    log.info("dataset %s: %d windows of %d steps in %d episodes", path, len(dataset), dataset.horizon,
-             len(dataset.bounds))
-    return dataset
+    log.info("dataset %s (%s frame: %s): %d windows of %d steps in %d episodes", path, source["frame"],
+             source["frame_source"], len(dataset), dataset.horizon, len(dataset.bounds))
+    return dataset, source
 
 
 def plan_xy(plans: torch.Tensor, scaler: TrajectoryScaler, action_dim: int) -> np.ndarray:
@@ -147,7 +161,7 @@ def train_diffuser(cfg: DictConfig, out: Path) -> dict[str, Any]:
     scaler = _check_resume_matches(out, cfg) if cfg.train.resume else None
     if not dist.is_main:
         barrier()  # rank 0 generates (and caches) the dataset first
-    dataset = load_training_data(cfg, scaler)
+    dataset, source = load_training_data(cfg, scaler)
     if dist.is_main:
         barrier()
         write_run_files(out, cfg, dataset.scaler)  # on resume: same scaler, config updated (e.g. train.steps)
@@ -165,7 +179,7 @@ def train_diffuser(cfg: DictConfig, out: Path) -> dict[str, Any]:
         "env": cfg.env.name, "norm": OmegaConf.to_container(cfg.norm, resolve=True),
         "model": OmegaConf.to_container(cfg.model, resolve=True), "parameters": n_params,
         "device": str(device), "torch_threads": torch.get_num_threads(), "n_windows": len(dataset),
-        "world_size": dist.world_size, "shards": int(cfg.train.get("shards", 1)),
+        "world_size": dist.world_size, "shards": int(cfg.train.get("shards", 1)), "dataset": source,
         **summary,
         "samples": sampler.history[-1] if sampler.history else None,
         "samples_over_time": [{"step": h["step"], **h["plans"]} for h in sampler.history],

@@ -44,7 +44,7 @@ from diffnorm.analysis.influence import (
 )
 from diffnorm.analysis.receptive_field import receptive_field
 from diffnorm.diffusion.gaussian import GaussianDiffusion
-from diffnorm.experiments.common import ConfigError, require, seed_everything, write_results
+from diffnorm.experiments.common import ConfigError, compose_job, require, resolve_path, seed_everything, write_results
 from diffnorm.plotting import leak as plots
 from diffnorm.probing.hooks import record_activations
 from diffnorm.probing.probes import localize_sites
@@ -72,14 +72,7 @@ def default_dtype(dtype: torch.dtype) -> Iterator[None]:
 
 def _compose_training(overrides: list[str]) -> DictConfig:
     """The train_diffuser config with ``overrides``, composed exactly as its script would."""
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-
-    if GlobalHydra.instance().is_initialized():  # inside a Hydra job: same config search path
-        return compose("train_diffuser", overrides=overrides)
-    configs = Path(__file__).resolve().parents[2] / "configs"
-    with initialize_config_dir(config_dir=str(configs), version_base=None):
-        return compose("train_diffuser", overrides=overrides)
+    return compose_job("train_diffuser", overrides)
 
 
 def _train_quick(cfg: DictConfig, out: Path) -> list[Path]:
@@ -104,7 +97,7 @@ def _train_quick(cfg: DictConfig, out: Path) -> list[Path]:
 
 def _checkpoint_paths(cfg: DictConfig) -> list[Path]:
     paths = ([cfg.checkpoint] if cfg.checkpoint is not None else []) + list(cfg.checkpoints or [])
-    return [Path(str(p)) for p in paths]
+    return [resolve_path(str(p)) for p in paths]
 
 
 def _label(loaded: LoadedDiffuser, taken: set[str]) -> str:
@@ -149,7 +142,7 @@ def _dataset(loaded: LoadedDiffuser) -> Any:
 
     cfg = loaded.cfg.copy()
     OmegaConf.update(cfg, "train.progress", False, force_add=True)
-    return load_training_data(cfg, loaded.scaler)
+    return load_training_data(cfg, loaded.scaler)[0]
 
 
 def _windows(dataset: Any, n: int, seed: int, dtype: torch.dtype

@@ -23,7 +23,7 @@ from diffnorm.envs.maze2d import in_wall, maze_spec
 from diffnorm.envs.ogbench_maze import (OGBENCH_ENVS, ensure_ogbench_stitch_dataset, generate_ogbench_stitch,
                                         ogbench_stitch_attrs, ogbench_stitch_checks, ogbench_stitch_path,
                                         ogbench_tasks)
-from diffnorm.experiments.common import ConfigError, require, write_results
+from diffnorm.experiments.common import ConfigError, require, resolve_path, write_results
 from diffnorm.plotting.maze import dataset_coverage, draw_maze, plot_trajectory, stitch_coverage
 
 DATASETS = ("d4rl", "stitch", "ogbench")
@@ -45,7 +45,7 @@ def make_maze_dataset(cfg: DictConfig, out: Path) -> dict[str, Any]:
     maze_spec(name)  # unknown maze -> ConfigError before anything else
     require(cfg.steps is not None and int(cfg.steps) > 0, f"steps={cfg.steps} must be a positive integer")
     steps, seed = int(cfg.steps), int(cfg.seed)
-    path = dataset_path(name, steps, seed, cfg.data_dir)
+    path = dataset_path(name, steps, seed, resolve_path(cfg.data_dir))
     timing: dict[str, Any] = {"generated": bool(cfg.force or not path.exists())}
     if timing["generated"]:
         start = time.perf_counter()
@@ -55,7 +55,7 @@ def make_maze_dataset(cfg: DictConfig, out: Path) -> dict[str, Any]:
         timing.update(generate_seconds=generated - start, write_seconds=time.perf_counter() - generated,
                       steps_per_second=steps / (generated - start))
     else:
-        ensure_dataset(name, steps, seed, cfg.data_dir)  # validates the cached file's metadata
+        ensure_dataset(name, steps, seed, resolve_path(cfg.data_dir))  # validates the cached file's metadata
     data = load_d4rl_hdf5(path)
     checks = dataset_checks(name, data)
     dataset_coverage(name, data["observations"][:, :2], out / "coverage.png")
@@ -119,7 +119,7 @@ def make_stitch_dataset(cfg: DictConfig, out: Path) -> dict[str, Any]:
         write_d4rl_hdf5(path, data, attrs)
         timing["write_seconds"] = time.perf_counter() - generated
     else:
-        ensure_stitch_dataset(name, episode_steps, episodes, travel, seed, cfg.data_dir)  # validates metadata
+        ensure_stitch_dataset(name, episode_steps, episodes, travel, seed, resolve_path(cfg.data_dir))  # validates metadata
     attrs = read_attrs(path)
     data = load_d4rl_hdf5(path)
     tasks = stitch_tasks(name)
@@ -155,7 +155,7 @@ def make_ogbench_dataset(cfg: DictConfig, out: Path) -> dict[str, Any]:
             f"got {name}")
     o = cfg.ogbench
     episodes, episode_steps, seed = int(o.episodes), int(o.episode_steps), int(cfg.seed)
-    path = ogbench_stitch_path(name, episodes, episode_steps, seed, cfg.data_dir)
+    path = ogbench_stitch_path(name, episodes, episode_steps, seed, resolve_path(cfg.data_dir))
     timing: dict[str, Any] = {"generated": bool(cfg.force or not path.exists())}
     if timing["generated"]:
         start = time.perf_counter()
@@ -166,7 +166,7 @@ def make_ogbench_dataset(cfg: DictConfig, out: Path) -> dict[str, Any]:
         timing.update(generate_seconds=generated - start, write_seconds=time.perf_counter() - generated,
                       steps_per_second=episodes * episode_steps / (generated - start))
     else:
-        ensure_ogbench_stitch_dataset(name, episodes, episode_steps, seed, cfg.data_dir)
+        ensure_ogbench_stitch_dataset(name, episodes, episode_steps, seed, resolve_path(cfg.data_dir))
     data = load_d4rl_hdf5(path, observation_dim=None)
     checks = ogbench_stitch_checks(name, data)
     stats = stitch_episode_stats(data, name)

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from diffnorm.experiments.common import require, resolve_device, write_results
+from diffnorm.experiments.common import require, resolve_device, resolve_path, write_results
 from diffnorm.planning.rollout import Evaluation, evaluate_planner
 from diffnorm.plotting.planning import episode_grid, overview
 from diffnorm.training.checkpoint import load_checkpoint
@@ -48,8 +48,6 @@ def _figures(out: Path, evaluation: Evaluation, title: str, plot_episodes: int) 
 
 def plan_maze(cfg: DictConfig, out: Path) -> dict[str, Any]:
     """Load ``cfg.checkpoint`` and run ``cfg.episodes`` planning episodes of ``cfg.mode``; see plan_maze.yaml."""
-    from hydra.utils import to_absolute_path
-
     start = time.perf_counter()
     require(cfg.get("checkpoint") is not None, "checkpoint=<train_diffuser run dir or .safetensors file> is required")
     episodes = _optional_int(cfg, "episodes")
@@ -58,7 +56,7 @@ def plan_maze(cfg: DictConfig, out: Path) -> dict[str, Any]:
         require(int(cfg.num_threads) >= 1, f"num_threads={cfg.num_threads} must be positive")
         torch.set_num_threads(int(cfg.num_threads))
     device = resolve_device(str(cfg.device))
-    loaded = load_checkpoint(to_absolute_path(str(cfg.checkpoint)), device)
+    loaded = load_checkpoint(resolve_path(str(cfg.checkpoint)), device)
     norm = OmegaConf.to_container(loaded.cfg.norm, resolve=True)
     log.info("checkpoint %s (step %d, norm=%s) on %s", loaded.path, loaded.step, norm["name"], device)
     evaluation = evaluate_planner(loaded, episodes=episodes, mode=str(cfg.mode), seed=int(cfg.seed),

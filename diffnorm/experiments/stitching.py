@@ -37,7 +37,7 @@ from diffnorm.envs.ogbench_maze import (
     ogbench_maze_of,
     oracle_policy,
 )
-from diffnorm.experiments.common import compose_job, require, resolve_device, write_results
+from diffnorm.experiments.common import compose_job, require, resolve_device, resolve_path, write_results
 from diffnorm.experiments.parallel import map_trials
 from diffnorm.models.norms import NORM_LAYERS
 from diffnorm.planning.kinematic import PlanFollower, evaluate_ogbench_planner, plans_in_wall_fraction
@@ -409,8 +409,6 @@ def _stitch_data(cfg: DictConfig, probe: DictConfig, data_dir: str) -> tuple[Pat
 def stitching_study(cfg: DictConfig, out: Path) -> dict[str, Any]:
     """Stitch data -> norm x seed trainings (side by side) -> stitch-task rollouts -> comparison; see
     configs/stitching_study.yaml."""
-    from hydra.utils import to_absolute_path
-
     start = time.perf_counter()
     norms, seeds = _validate(cfg)
     out.mkdir(parents=True, exist_ok=True)
@@ -426,7 +424,7 @@ def stitching_study(cfg: DictConfig, out: Path) -> dict[str, Any]:
     title = f"{maze} stitch tasks" if og is None else f"OGBench {og.env} tasks"
 
     tic = time.perf_counter()
-    data_path, data_info = _stitch_data(cfg, probe, to_absolute_path(str(cfg.data_dir)))
+    data_path, data_info = _stitch_data(cfg, probe, resolve_path(str(cfg.data_dir)))
     timings = {"data": round(time.perf_counter() - tic, 1)}
     log.info("stitch dataset %s (check passed: %s)", data_path, data_info["stitch_check_passed"])
 

@@ -4,6 +4,7 @@
     scaler.json              the data scaler, to map plans back to maze coordinates
     checkpoint.safetensors   full training state for ``train.resume``: weights, EMA, Adam, RNG, step
     ema.safetensors          EMA weights only (what planning uses; 14 MiB at the published width)
+    snapshots/step_*.safetensors   EMA weights kept every ``train.snapshot_every`` steps (learning curves)
 
 Every file is written to ``<name>.tmp``, fsynced and renamed (then the directory is fsynced), so a run
 killed at any moment, even by SIGKILL or a power cut, leaves either the previous or the new version,
@@ -32,6 +33,7 @@ CONFIG = "config.yaml"
 SCALER = "scaler.json"
 CHECKPOINT = "checkpoint.safetensors"
 EMA_WEIGHTS = "ema.safetensors"
+SNAPSHOTS = "snapshots"
 FORMAT = "diffnorm-diffuser-1"
 
 
@@ -59,8 +61,12 @@ def write_run_files(run_dir: Path, cfg: DictConfig, scaler: Any) -> None:
 
 
 def save_training_state(run_dir: Path, cfg: DictConfig, model: nn.Module, ema_model: nn.Module,
-                        optimizer: torch.optim.Optimizer, step: int) -> Path:
-    """Write checkpoint.safetensors (everything resume needs) and ema.safetensors; return the former."""
+                        optimizer: torch.optim.Optimizer, step: int, train_seconds: float = 0.0) -> Path:
+    """Write checkpoint.safetensors (everything resume needs) and ema.safetensors; return the former.
+
+    ``train_seconds`` is the wall-clock time trained so far, summed over every start of the run, so a
+    resumed run keeps counting where the interrupted one stopped.
+    """
     arch = json.dumps(architecture(cfg), sort_keys=True)
     optim_state = optimizer.state_dict()
     tensors = {**_tensors("model.", model.state_dict()), **_tensors("ema.", ema_model.state_dict())}
@@ -75,13 +81,47 @@ def save_training_state(run_dir: Path, cfg: DictConfig, model: nn.Module, ema_mo
     if torch.cuda.is_available():
         for i, state in enumerate(torch.cuda.get_rng_state_all()):
             tensors[f"rng.cuda.{i}"] = state
-    meta = {"format": FORMAT, "step": str(step), "architecture": arch,
+    meta = {"format": FORMAT, "step": str(step), "architecture": arch, "train_seconds": repr(float(train_seconds)),
             "optim_param_groups": json.dumps(optim_state["param_groups"]), "optim_scalars": json.dumps(scalars)}
     path = run_dir / CHECKPOINT
     atomic_write_bytes(path, safetensors_bytes(tensors, metadata=meta))
-    ema_meta = {"format": FORMAT, "step": str(step), "architecture": arch}
+    ema_meta = {"format": FORMAT, "step": str(step), "architecture": arch, "train_seconds": repr(float(train_seconds))}
     atomic_write_bytes(run_dir / EMA_WEIGHTS, safetensors_bytes(_tensors("", ema_model.state_dict()), metadata=ema_meta))
     return path
+
+
+def snapshot_path(run_dir: Path, step: int) -> Path:
+    """Where the EMA snapshot of optimizer step ``step`` lives: ``snapshots/step_0004000.safetensors``."""
+    return Path(run_dir) / SNAPSHOTS / f"step_{step:07d}.safetensors"
+
+
+def save_snapshot(run_dir: Path, cfg: DictConfig, ema_model: nn.Module, step: int, train_seconds: float) -> Path:
+    """Keep the EMA weights of ``step`` (with the training seconds so far) under ``snapshots/``; unlike
+    ema.safetensors it is never overwritten by later steps. ``load_checkpoint`` accepts the file."""
+    path = snapshot_path(run_dir, step)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    meta = {"format": FORMAT, "step": str(step), "architecture": json.dumps(architecture(cfg), sort_keys=True),
+            "train_seconds": repr(float(train_seconds))}
+    atomic_write_bytes(path, safetensors_bytes(_tensors("", ema_model.state_dict()), metadata=meta))
+    return path
+
+
+def list_snapshots(run_dir: Path) -> list[tuple[int, Path]]:
+    """(step, path) of every snapshot of a run, by step; empty when the run kept none."""
+    found = []
+    for path in (Path(run_dir) / SNAPSHOTS).glob("step_*.safetensors"):
+        digits = path.stem.removeprefix("step_")
+        if digits.isdigit():
+            found.append((int(digits), path))
+    return sorted(found)
+
+
+def training_seconds(path: Path) -> float | None:
+    """The training seconds recorded in a checkpoint, EMA or snapshot file (None for files written
+    before the count existed)."""
+    with safe_open(str(path), framework="pt") as f:
+        value = (f.metadata() or {}).get("train_seconds")
+    return float(value) if value is not None else None
 
 
 def _check_architecture(path: Path, meta: dict[str, str], cfg: DictConfig) -> None:
@@ -105,7 +145,8 @@ def _load_weights(module: nn.Module, state: dict[str, torch.Tensor], path: Path)
 
 def load_training_state(run_dir: Path, cfg: DictConfig, model: nn.Module, ema_model: nn.Module,
                         optimizer: torch.optim.Optimizer) -> int:
-    """Restore weights, EMA, Adam state and the torch RNG from checkpoint.safetensors; return the step."""
+    """Restore weights, EMA, Adam state and the torch RNG from checkpoint.safetensors; return the step
+    (``training_seconds`` reads the time trained until then)."""
     path = run_dir / CHECKPOINT
     require(path.is_file(), f"train.resume=true but {path} does not exist")
     tensors, meta = _read(path)
@@ -137,6 +178,7 @@ class LoadedDiffuser:
     cfg: DictConfig
     step: int
     path: Path
+    train_seconds: float | None = None  # wall-clock training time until ``step`` (None: not recorded)
 
 
 def load_scaler(state: dict) -> Any:
@@ -158,9 +200,11 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Loa
     if path.is_dir():
         candidates = [path / EMA_WEIGHTS, path / CHECKPOINT]
         found = [p for p in candidates if p.is_file()]
-        require(bool(found), f"no {EMA_WEIGHTS} or {CHECKPOINT} in {path}")
+        require(bool(found), f"no {EMA_WEIGHTS} or {CHECKPOINT} in {path}: not a train_diffuser run directory")
         path = found[0]
-    run = path.parent
+    require(path.suffix == ".safetensors", f"checkpoint {path} is not a training run directory or a "
+            f".safetensors weights file (ema.safetensors, checkpoint.safetensors or snapshots/step_*.safetensors)")
+    run = path.parent.parent if path.parent.name == SNAPSHOTS else path.parent
     for name in (CONFIG, SCALER):
         require((run / name).is_file(), f"{run / name} is missing; a checkpoint needs its run's {name}")
     cfg = OmegaConf.load(run / CONFIG)
@@ -171,4 +215,5 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Loa
     _load_weights(diffusion.model, weights, path)
     scaler = load_scaler(json.loads((run / SCALER).read_text()))
     return LoadedDiffuser(diffusion=diffusion.to(device).eval(), scaler=scaler, cfg=cfg,
-                          step=int(meta.get("step", -1)), path=path)
+                          step=int(meta.get("step", -1)), path=path,
+                          train_seconds=float(meta["train_seconds"]) if "train_seconds" in meta else None)

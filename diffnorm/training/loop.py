@@ -37,10 +37,16 @@ from diffnorm.experiments.common import (
     bf16_supported,
     require,
 )
-from diffnorm.training.checkpoint import CHECKPOINT, load_training_state, save_training_state
+from diffnorm.training.checkpoint import (
+    CHECKPOINT,
+    load_training_state,
+    save_snapshot,
+    save_training_state,
+    training_seconds,
+)
 from diffnorm.training.distributed import dist_info, mean_across_ranks, wrap_ddp
 from diffnorm.training.ema import EMA
-from diffnorm.training.step import GradientStep, make_optimizer
+from diffnorm.training.step import LR_SCHEDULES, GradientStep, learning_rate, make_optimizer
 
 log = logging.getLogger(__name__)
 
@@ -170,7 +176,10 @@ def check_train_settings(cfg: DictConfig) -> None:
     for key in ("steps", "batch_size", "grad_accumulation", "ema_every", "checkpoint_every", "log_every"):
         require(int(cfg[key]) >= 1, f"train.{key}={cfg[key]} must be positive")
     require(float(cfg.lr) > 0, f"train.lr={cfg.lr} must be positive")
-    require(int(cfg.sample_every) >= 0, f"train.sample_every={cfg.sample_every} must be >= 0 (0 = never)")
+    for key in ("sample_every", "snapshot_every", "warmup_steps"):
+        require(int(cfg.get(key, 0)) >= 0, f"train.{key}={cfg.get(key)} must be >= 0 (0 = never)")
+    require(cfg.get("lr_schedule", "constant") in LR_SCHEDULES,
+            f"train.lr_schedule={cfg.get('lr_schedule')!r} is unknown; choose one of {list(LR_SCHEDULES)}")
 
 
 def train_diffusion(diffusion: GaussianDiffusion, dataset: Sequence[dict[str, Any]], cfg: DictConfig,
@@ -191,13 +200,15 @@ def train_diffusion(diffusion: GaussianDiffusion, dataset: Sequence[dict[str, An
     optimizer = make_optimizer(diffusion.parameters(), float(cfg.lr), device)
     info = dist_info()
     ema = EMA(diffusion, decay=float(cfg.ema_decay), every=int(cfg.ema_every), start=int(cfg.ema_start))
-    start = 0
+    start, before = 0, 0.0  # step and training seconds this start continues from
     if not cfg.resume and (out / CHECKPOINT).exists():
         log.warning("train.resume=false: starting afresh and overwriting %s", out / CHECKPOINT)
     if cfg.resume:
         start = load_training_state(out, run_cfg, diffusion.model, ema.average.model, optimizer)
+        before = training_seconds(out / CHECKPOINT) or 0.0
         require(start <= total, f"the checkpoint in {out} is at step {start}, beyond train.steps={total}")
-        log.info("resumed from %s at step %d", out / CHECKPOINT, start)
+        log.info("resumed from %s at step %d (%.0f s trained before)", out / CHECKPOINT, start, before)
+    snapshot_every = int(cfg.get("snapshot_every", 0))
     metrics_path = out / METRICS
     rows: list[dict[str, Any]] = _read_metrics(metrics_path, start) if cfg.resume else []
     if info.is_main:
@@ -208,10 +219,17 @@ def train_diffusion(diffusion: GaussianDiffusion, dataset: Sequence[dict[str, An
     window: list[torch.Tensor] = []  # per-step losses, left on the device until logged (no sync per step)
     unchecked: list[torch.Tensor] = []  # losses not yet checked for NaN/inf (since the last log or checkpoint)
     saved = start if cfg.resume else None  # step of the checkpoint on disk
-    t0, started = time.perf_counter(), start
+    t0 = time.perf_counter()
+    last_log = (start, before)  # (step, training seconds) of the previous log row: each row's rate is its window's
+
+    def seconds() -> float:  # training seconds over every start of this run
+        return before + time.perf_counter() - t0
     bar = tqdm(total=total, initial=start, desc="train", disable=not cfg.progress, dynamic_ncols=True)
     with _sigint_flag() as sigint, contextlib.closing(grads):
+        schedule, warmup = str(cfg.get("lr_schedule", "constant")), int(cfg.get("warmup_steps", 0))
         for step in range(start, total):
+            for group in optimizer.param_groups:
+                group["lr"] = learning_rate(step, float(cfg.lr), total, schedule, warmup)
             gen = step_generator(seed, step)
             step_loss = torch.zeros((), device=device)
             for micro in range(accum):
@@ -236,18 +254,21 @@ def train_diffusion(diffusion: GaussianDiffusion, dataset: Sequence[dict[str, An
                 unchecked = []
                 save_now = save_now or stop
             if log_now:
-                elapsed = time.perf_counter() - t0
+                elapsed = seconds()
                 rows.append({"step": done, "loss": float(mean_across_ranks(torch.stack(window).mean())),
                              "lr": optimizer.param_groups[0]["lr"], "elapsed_s": round(elapsed, 3),
-                             "steps_per_s": round((done - started) / elapsed, 4)})
-                window = []
+                             "steps_per_s": round((done - last_log[0]) / max(elapsed - last_log[1], 1e-9), 4)})
+                window, last_log = [], (done, elapsed)
                 if info.is_main:
                     _write_metrics(metrics_path, rows)
                 bar.set_postfix(loss=f"{rows[-1]['loss']:.4f}")
             if save_now:
-                path = (save_training_state(out, run_cfg, diffusion.model, ema.average.model, optimizer, done)
+                path = (save_training_state(out, run_cfg, diffusion.model, ema.average.model, optimizer, done,
+                                            train_seconds=seconds())
                         if info.is_main else out / CHECKPOINT)
                 saved = done
+            if info.is_main and snapshot_every and (done % snapshot_every == 0 or done == total):
+                save_snapshot(out, run_cfg, ema.average.model, done, seconds())
             if stop and done < total:
                 bar.close()
                 raise TrainingInterrupted(f"SIGINT at step {done} of {total}: checkpoint written to {path}; "
@@ -261,5 +282,5 @@ def train_diffusion(diffusion: GaussianDiffusion, dataset: Sequence[dict[str, An
     return {"steps": total, "resumed_from": start if cfg.resume else None,
             "final_loss": float(rows[-1]["loss"]) if rows else None,  # mean over the last log interval
             "loss_curve": [(int(r["step"]), float(r["loss"])) for r in rows],
-            "train_wall_s": round(time.perf_counter() - t0, 2)}, ema.average
+            "train_wall_s": round(time.perf_counter() - t0, 2), "train_seconds_total": round(seconds(), 2)}, ema.average
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -147,6 +148,27 @@ class GradientStep:
                 g.add_(other)
             p.grad = g if p.grad is None else p.grad + g
         return total
+
+
+LR_SCHEDULES = ("constant", "cosine")
+
+
+def learning_rate(step: int, lr: float, total: int, schedule: str = "constant", warmup_steps: int = 0) -> float:
+    """The learning rate of optimizer step ``step`` (0-based) of ``total``: a linear warmup from lr /
+    warmup_steps to ``lr`` over the first ``warmup_steps`` steps, then ``constant`` (the Diffuser's) or a
+    ``cosine`` decay to 0 at ``total`` (Loshchilov & Hutter 2017, without restarts). A pure function of
+    the step, so a resumed run follows the same schedule without saving scheduler state.
+
+    Raises ValueError for an unknown schedule.
+    """
+    if schedule not in LR_SCHEDULES:
+        raise ValueError(f"unknown learning-rate schedule {schedule!r}; choose one of {list(LR_SCHEDULES)}")
+    if step < warmup_steps:
+        return lr * (step + 1) / warmup_steps
+    if schedule == "constant":
+        return lr
+    progress = (step - warmup_steps) / max(total - warmup_steps, 1)
+    return 0.5 * lr * (1.0 + math.cos(math.pi * min(progress, 1.0)))
 
 
 def make_optimizer(params: Iterable[nn.Parameter], lr: float, device: torch.device) -> torch.optim.Optimizer:
