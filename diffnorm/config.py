@@ -174,6 +174,7 @@ class TrainDiffuserSchema:
     data_dir: str
     device: str
     dataset_frame: str = "auto"
+    preset: str = "auto"  # the experiment= preset applied; auto = chosen by device (experiments.diffuser)
 
 
 @dataclass
@@ -201,6 +202,8 @@ class LearningCurveSchema:
     seed: int
     steps: Optional[list[int]]
     final_multi_episodes: int
+    summary: Optional[str]
+    preset: Optional[str]
     sampler: Optional[str]
     num_steps: Optional[int]
     device: str

@@ -3,7 +3,7 @@
 import hydra
 from omegaconf import DictConfig
 
-from diffnorm.experiments.common import run_job
+from diffnorm.experiments.common import preflight, run_job
 from diffnorm.experiments.toy import groupnorm_groups
 
 
@@ -13,4 +13,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    preflight("groupnorm_groups")
     main()

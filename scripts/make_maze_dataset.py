@@ -3,7 +3,7 @@
 import hydra
 from omegaconf import DictConfig
 
-from diffnorm.experiments.common import run_job
+from diffnorm.experiments.common import preflight, run_job
 from diffnorm.experiments.maze_data import make_maze_dataset
 
 
@@ -13,4 +13,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    preflight("make_maze_dataset")
     main()

@@ -38,7 +38,7 @@ from diffnorm.training.checkpoint import CHECKPOINT, load_checkpoint
 from diffnorm.training.loop import EpochOrder
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = ["model.dim=8", "model.dim_mults=[1,2,2]", "env.horizon=32", "env.n_diffusion_steps=8",
+TINY = ["experiment=tiny", "model.dim=8", "model.dim_mults=[1,2,2]", "env.horizon=32", "env.n_diffusion_steps=8",
         "env.dataset_steps=3000", "train.batch_size=4", "train.grad_accumulation=1", "train.n_samples=2",
         "train.num_threads=1", "train.progress=false", "train.sample_every=0", "device=cpu"]
 PROPERTY = settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -122,7 +122,7 @@ def test_scripts_refuse_bad_config_before_any_work(tmp_path, name, overrides, ex
     proc = script(name, *overrides, f"hydra.run.dir={run}")
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode == 2 and len(lines) == 1 and lines[0].startswith(expected), proc.stderr
-    assert sorted(p.name for p in run.iterdir()) == [".hydra", f"{name}.log"], "nothing but Hydra's own files"
+    assert not run.exists(), "a refused config leaves no run directory behind"
 
 
 def test_bugs_keep_their_stack_trace(tmp_path, monkeypatch):
@@ -337,6 +337,53 @@ def test_sigkill_while_saving_keeps_the_last_checkpoint_and_resumes(tmp_path, da
     res = train_diffuser(train_cfg(data_dir, *run_args, "train.resume=true"), run)
     assert res["resumed_from"] == 3 and res["steps"] == 12 and load_checkpoint(run).step == 12
     assert not (run / (CHECKPOINT + ".tmp")).exists()
+
+
+@pytest.mark.parametrize("overrides,expected", [
+    (["norm=grup"], "error: norm=grup is not an option of the config group 'norm'; choose one of ['batch', "
+                    "'channel', 'group', 'instance', 'layer', 'none']"),
+    (["env=maze2d_mediu"], "error: env=maze2d_mediu is not an option of the config group 'env'; choose one of "
+                           "['maze2d_large', 'maze2d_medium', 'maze2d_umaze', 'ogbench_pointmaze_medium']"),
+    (["experiment=fast"], "error: experiment=fast is not an option of the config group 'experiment'"),
+    (["train.stepz=5"], "error: unknown config key train.stepz; did you mean train.steps?"),
+    (["train.lrr=0.1"], "error: unknown config key train.lrr; did you mean train.lr?"),
+])
+def test_hydra_composition_errors_are_one_line_and_exit_2(tmp_path, overrides, expected):
+    run = tmp_path / "run"
+    proc = script("train_diffuser", *overrides, f"hydra.run.dir={run}")
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1 and lines[0].startswith(expected), proc.stderr
+    assert not run.exists()
+
+
+def test_unquoted_list_overrides_name_the_quoting(tmp_path):
+    proc = script("stitching_study", "train_overrides=[a=1,b=2]", f"hydra.run.dir={tmp_path / 'run'}")
+    (line,) = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and line.startswith("error: cannot parse the override") and "quote list items" in line
+
+
+def test_plan_maze_on_a_dataset_file_says_it_is_not_a_run(tmp_path):
+    data = tmp_path / "maze2d-umaze.hdf5"
+    write_d4rl_hdf5(data, {k: np.zeros((4, *s), dtype=np.float32) for k, s in D4RL_LAYOUT.items()})
+    proc = script("plan_maze", f"checkpoint={data}", f"hydra.run.dir={tmp_path / 'run'}")
+    (line,) = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and line == (f"error: checkpoint {data} is not a training run directory or a "
+                                             ".safetensors weights file (ema.safetensors, checkpoint.safetensors "
+                                             "or snapshots/step_*.safetensors)")
+
+
+def test_ctrl_c_in_dataset_generation_is_one_line_and_exit_130(tmp_path):
+    run = tmp_path / "run"
+    args = [sys.executable, str(ROOT / "scripts" / "make_maze_dataset.py"), "steps=5000000", "force=true",
+            f"data_dir={tmp_path / 'data'}", f"hydra.run.dir={run}"]
+    proc = subprocess.Popen(args, cwd=ROOT, env=dict(os.environ, MPLBACKEND="Agg"), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    wait_for(run / "make_maze_dataset.log", proc)
+    time.sleep(3)  # inside the generation loop
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-2000:]
+    assert err.strip().splitlines()[-1].startswith("interrupted: Ctrl-C") and "Traceback" not in err
 
 
 def test_sigint_writes_a_final_checkpoint_and_exits_cleanly(tmp_path, data_dir):

@@ -151,3 +151,18 @@ def test_measuring_at_another_horizon(smoke, tmp_path):
     assert np.load(tmp_path / "h128" / "arrays.npz")["none/influence_map"].shape[1] == 128
     with pytest.raises(ConfigError, match="horizon=129 must be a positive multiple of 2"):
         leak_probe(compose(checkpoints, "horizon=129"), tmp_path / "bad")
+
+
+def test_a_plan_shorter_than_the_receptive_field_is_flagged_as_measuring_nothing(smoke, tmp_path, script):
+    """At H = 32 every index of the tiny U-Net (receptive field 33 / 32) sees the whole plan: the job warns,
+    points to horizon=, and records that the beyond-RF set is empty; at H = 96 it is not."""
+    run_dir, _ = smoke
+    assert load_results(run_dir)["beyond_rf_set_empty"] is False
+    proc = script("leak_probe", f"checkpoints=[{run_dir / 'train' / 'none'}]", "horizon=32", *SMALL,
+                  "influence.t_fractions=[1.0]", "leakage.t_fractions=[1.0]", "probe.sites=[final_block]",
+                  run_dir=tmp_path / "h32")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    res = load_results(tmp_path / "h32")
+    assert res["beyond_rf_set_empty"] is True and res["horizon"] == 32
+    assert "warning: at H=32 no plan index lies beyond the receptive field" in proc.stdout
+    assert "measure at a longer plan with horizon=<H>" in proc.stdout + proc.stderr  # the log line

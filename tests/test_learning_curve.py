@@ -23,7 +23,10 @@ def tiny_run(tmp_path_factory):
 
 
 def test_curve_job_scores_every_snapshot(script, tiny_run, tmp_path):
-    proc = script("learning_curve", f"runs=[{tiny_run}]", "episodes=2", "final_multi_episodes=2", run_dir=tmp_path)
+    summary = tmp_path / "summary.json"
+    summary.write_text(json.dumps({"maze2d-large": {"group": {"kept": True}}}))
+    proc = script("learning_curve", f"runs=[{tiny_run}]", "episodes=2", "final_multi_episodes=2",
+                  f"summary={summary}", run_dir=tmp_path)
     assert proc.returncode == 0, proc.stderr
     res = load_results(tmp_path)
     (record,) = res["runs"]
@@ -35,6 +38,14 @@ def test_curve_job_scores_every_snapshot(script, tiny_run, tmp_path):
     reached = first_at_or_above(record["points"], 113.9)
     assert record["time_to_published_s"] == (reached["train_seconds"] if reached else None)
     assert (tmp_path / "curve_maze2d-umaze.png").stat().st_size > 0
+    written = json.loads(summary.read_text())
+    assert written["maze2d-large"] == {"group": {"kept": True}}, "other mazes are kept"
+    entry = written["maze2d-umaze"]["none"]
+    assert set(entry) == {"steps", "train_seconds", "episodes", "score_mean", "score_sem", "success",
+                          "multi_score_mean", "time_to_published_s", "preset"}
+    assert entry["steps"] == 4 and entry["episodes"] == 2 and entry["preset"] == "tiny"
+    assert entry["score_mean"] == record["final"]["score_mean"]
+    assert entry["multi_score_mean"] == record["final_multi"]["score_mean"]
     cached = sorted(p.name for p in (tiny_run / "snapshots" / "eval").glob("*.json"))
     assert "step_0000002_single_n2_seed0_defaultxall.json" in cached
 

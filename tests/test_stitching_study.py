@@ -76,3 +76,12 @@ def test_plan_path_stats_connected_vs_jump():
     pasted = plan_path_stats("maze2d-umaze", np.array([[1, 1], [1, 2], [3, 1]], dtype=float), (3, 1), 6)
     assert not pasted["plan_connected"]  # a jump of two rows onto the inpainted goal
     json.dumps(good)
+
+
+def test_rate_intervals_stay_inside_zero_one():
+    from diffnorm.experiments.stitching import _seed_interval
+
+    wide = _seed_interval([0.0, 0.0, 1.0], rate=True)
+    assert wide["ci_low"] == 0.0 and wide["ci_high"] == 1.0 and wide["mean"] == pytest.approx(1 / 3)
+    unbounded = _seed_interval([0.0, 0.0, 1.0])
+    assert unbounded["ci_low"] < 0 < 1 < unbounded["ci_high"]

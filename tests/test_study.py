@@ -27,7 +27,19 @@ def test_study_runs_every_stage_and_reports(script, tmp_path):
     assert set(res["planning"]) == {"group", "none"}
     assert res["leak"]["comparison"]["none"]["beyond_rf_influence_fraction"] == 0
     report = (run / "report.md").read_text()
-    assert report.startswith("# diffnorm study") and "## Answer" in report.splitlines()[2]
+    lines = report.splitlines()
+    assert report.startswith("# diffnorm study") and lines[2] == "## Question and answer"
     assert "Welch 95% CI" in report and "so nothing lies beyond it" in report  # H = 32 < its reach
-    for png in run.rglob("*.png"):
-        assert f"]({png.relative_to(run)})" in report
+    assert "**What this run cannot answer.**" in report and "stitching_study" in report
+    for term in ("**Receptive field**", "**Influence mass beyond the receptive field**", "**One-pass leakage**",
+                 "**Chain leakage**", "**Probe-localized**", "**Goal jump**"):
+        assert term in report
+    assert "see settings below" not in report and "full-scale numbers" not in report  # no dangling references
+    assert "| goal jump (mean) |" in lines[next(i for i, l in enumerate(lines) if l == "## Planning rollouts") + 2]
+    figures = [p for p in run.rglob("*.png") if "/samples/" not in str(p)]
+    assert (run / "train" / "samples.png") in figures, "training samples are one grid"
+    for png in figures:
+        rel = str(png.relative_to(run))
+        assert f"]({rel})" in report
+        caption = next(l for l in lines if l.startswith(f"**{rel}.**"))
+        assert "described in its title" not in caption, f"{rel} has no caption of its own"

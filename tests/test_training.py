@@ -272,7 +272,7 @@ def test_metrics_csv_has_one_row_per_log_interval(tmp_path):
 TINY = ["model.dim=8", "model.dim_mults=[1,2,2]", "env.horizon=32", "env.n_diffusion_steps=8",
         "env.dataset_steps=3000", "train.batch_size=4", "train.grad_accumulation=2", "train.n_samples=2",
         "train.num_threads=1", "train.progress=false"]
-KILL_RUN = ["train.steps=60", "train.checkpoint_every=3", "train.sample_every=0", "train.log_every=3"]
+KILL_RUN = ["experiment=published", "train.steps=60", "train.checkpoint_every=3", "train.sample_every=0", "train.log_every=3"]
 
 
 @pytest.fixture(scope="module")
@@ -376,7 +376,7 @@ def test_killed_run_resumes_to_the_uninterrupted_weights(tmp_path, data_dir):
 
 @pytest.mark.parametrize("overrides,message", [
     (["env.horizon=30"], "horizon=30 must be a positive multiple of 4"),
-    (["env.horizon=4000"], "horizon=4000 is longer than every episode"),
+    (["env.horizon=4000"], "env.horizon=4000 is longer than an episode of maze2d-umaze"),
     (["dataset=/nonexistent/maze.hdf5"], "dataset=/nonexistent/maze.hdf5 does not exist"),
     (["train.resume=true"], "train.resume=true but"),
     (["norm=group", "norm.groups=3"], "norm.groups=3"),
@@ -425,3 +425,45 @@ def test_bf16_autocast_trains_where_the_device_has_it(tmp_path, data_dir, monkey
 def test_compile_refuses_shard_threads(tmp_path, data_dir):
     with pytest.raises(ConfigError, match="train.compile=true needs train.shards=1"):
         job(data_dir, tmp_path, "train.steps=1", "train.compile=true", "train.shards=2", "device=cpu")
+
+
+# ---- presets by device, and resume from the printed command alone ----
+
+def test_cpu_default_is_the_mazes_cpu_preset_under_the_callers_settings(caplog):
+    from diffnorm.experiments.common import compose_job
+    from diffnorm.experiments.diffuser import with_device_default
+
+    cfg = compose_job("train_diffuser", ["env=maze2d_medium", "norm=none", "train.steps=77"])
+    with caplog.at_level(logging.WARNING):
+        cpu = with_device_default(cfg, torch.device("cpu"))
+    preset = compose_job("train_diffuser", ["env=maze2d_medium", "experiment=cpu_medium"])
+    assert cpu.preset == "cpu_medium" and "CPU: training with experiment=cpu_medium" in caplog.text
+    assert cpu.norm.name == "none" and cpu.train.steps == 77, "the caller's own settings win"
+    assert (cpu.model.dim, cpu.train.lr, cpu.env.n_diffusion_steps) == \
+        (preset.model.dim, preset.train.lr, preset.env.n_diffusion_steps)
+    gpu = with_device_default(cfg, torch.device("cuda"))
+    assert gpu.preset == "published" and gpu.train.steps == 77 and gpu.model.dim == 32
+    published = compose_job("train_diffuser", ["experiment=published"])
+    assert with_device_default(published, torch.device("cpu")).train.steps == 2_000_000
+
+
+def test_resume_as_printed_continues_the_run_with_its_own_config(script, tmp_path, data_dir):
+    """Ctrl-C prints `continue with train.resume=true hydra.run.dir=...`; exactly that, without the
+    original overrides, continues the run; an override may extend it; changing the run is refused."""
+    run = tmp_path / "run"
+    first = script("train_diffuser", "experiment=tiny", f"data_dir={data_dir}", "norm=none", "train.steps=3",
+                   "train.log_every=1", run_dir=run)
+    assert first.returncode == 0, first.stderr
+    again = script("train_diffuser", "train.resume=true", "train.steps=5", "train.log_every=1", run_dir=run)
+    assert again.returncode == 0, again.stderr
+    res = json.loads((run / "results.json").read_text())
+    assert res["steps"] == 5 and res["resumed_from"] == 3 and res["norm"] == {"name": "none"}
+    assert res["preset"] == "tiny"
+    rows = [r.split(",") for r in (run / METRICS).read_text().strip().splitlines()[1:]]
+    assert [int(r[0]) for r in rows] == [1, 2, 3, 4, 5]
+    elapsed = [float(r[3]) for r in rows]
+    assert elapsed == sorted(elapsed) and elapsed[3] > elapsed[2], "wall time counts from the first start"
+    refused = script("train_diffuser", "train.resume=true", "norm=group", "train.steps=6", run_dir=run)
+    assert refused.returncode == 2
+    (line,) = refused.stderr.strip().splitlines()
+    assert line.startswith("error: train.resume=true in") and "norm: run {'name': 'none'} vs now" in line

@@ -238,6 +238,18 @@ def _record_failure(out: Path, err: BaseException, user_error: bool, cfg: DictCo
     return path
 
 
+def _remove_if_untouched(out: Path) -> None:
+    """Delete a run directory that holds nothing but Hydra's own files (``.hydra/``, ``<job>.log``): a
+    refused config leaves no empty run behind. A directory with anything else in it is kept."""
+    import shutil
+
+    if not out.is_dir() or out.resolve() == Path.cwd().resolve():
+        return
+    entries = list(out.iterdir())
+    if all(e.name == ".hydra" or (e.is_file() and e.suffix == ".log") for e in entries):
+        shutil.rmtree(out, ignore_errors=True)
+
+
 def run_job(job: Callable[[DictConfig, Path], Any], cfg: DictConfig) -> None:
     """Run ``job(cfg, run_dir)`` for a script: validate ``cfg`` first; bad input becomes one line on
     stderr and exit code 2, a training that stopped itself (NaN loss, Ctrl-C) its own message and code;
@@ -259,10 +271,14 @@ def run_job(job: Callable[[DictConfig, Path], Any], cfg: DictConfig) -> None:
     except TrainingInterrupted as err:
         print(f"interrupted: {err}", file=sys.stderr)
         sys.exit(err.exit_code)
+    except KeyboardInterrupt:
+        print(f"interrupted: Ctrl-C; what was written so far is in {out}", file=sys.stderr)
+        sys.exit(TrainingInterrupted.exit_code)
     except (ConfigError, FileNotFoundError, TrainingStopped) as err:
         code = err.exit_code if isinstance(err, TrainingStopped) else 2
         print(f"error: {err}", file=sys.stderr)
         if not multirun:
+            _remove_if_untouched(out)
             sys.exit(code)
         record = _record_failure(out, err, user_error=True, cfg=cfg)
         raise SweepJobFailed(f"error: job {out.name} of the sweep failed: {err} (recorded in {record})") from None
@@ -275,6 +291,63 @@ def run_job(job: Callable[[DictConfig, Path], Any], cfg: DictConfig) -> None:
         if token is not None:
             _ACTIVE_JOB.reset(token)
     print(out)
+
+
+def _closest(key: str, config: DictConfig) -> str:
+    """ ", did you mean <key>?" for the setting of ``config`` spelled most like ``key`` (or "")."""
+    import difflib
+
+    keys: list[str] = []
+
+    def walk(node: Any, prefix: str) -> None:
+        for k, v in node.items():
+            keys.append(prefix + str(k))
+            if isinstance(v, dict):
+                walk(v, f"{prefix}{k}.")
+
+    walk(OmegaConf.to_container(config, resolve=False), "")
+    match = difflib.get_close_matches(key, keys, n=1, cutoff=0.6)
+    return f"; did you mean {match[0]}?" if match else ""
+
+
+def composition_error(config_name: str, overrides: list[str]) -> str | None:
+    """One line naming what is wrong with ``overrides`` of a job's config, or None if they compose.
+
+    Hydra's own messages for an unknown config-group option (``norm=grup``) or an unknown key
+    (``train.stepz=5``) run over many lines and exit 1; this names the group and its options, or the key
+    and the closest existing one, so the script can keep its one-line ``error:``, exit 2 promise."""
+    from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
+
+    task = [o for o in overrides if not o.lstrip("+~").startswith("hydra.")]
+    try:
+        compose_job(config_name, task)
+        return None
+    except MissingConfigException as err:
+        group, _, option = str(err.missing_cfg_file or "").rpartition("/")
+        if group and err.options:
+            return f"{group}={option} is not an option of the config group {group!r}; choose one of {err.options}"
+        return " ".join(str(err).split("Config search path")[0].split())
+    except OverrideParseException as err:
+        return f"cannot parse the override: {' '.join(str(err).split())} (quote list items: key='[\"a=1\",\"b=2\"]')"
+    except ConfigCompositionException as err:
+        text = " ".join(str(err).split())
+        if text.startswith("Could not override '"):
+            key = text.split("'")[1]
+            return f"unknown config key {key}{_closest(key, compose_job(config_name, []))}"
+        return text
+
+
+def preflight(config_name: str, argv: list[str] | None = None) -> None:
+    """Before Hydra's own composition: if the command line's overrides do not compose, print one
+    ``error:`` line and exit 2. Command lines with Hydra flags (``-m``, ``--cfg``, ...) go to Hydra as
+    they are."""
+    args = sys.argv[1:] if argv is None else argv
+    if any(a.startswith("-") for a in args):
+        return
+    message = composition_error(config_name, args)
+    if message is not None:
+        print(f"error: {message}", file=sys.stderr)
+        sys.exit(2)
 
 
 def compose_job(config_name: str, overrides: list[str]) -> DictConfig:

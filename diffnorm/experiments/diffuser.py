@@ -22,7 +22,15 @@ from diffnorm.data.scaling import TrajectoryScaler
 from diffnorm.data.sequence import SequenceDataset
 from diffnorm.diffusion.gaussian import GaussianDiffusion
 from diffnorm.envs.maze2d import in_wall, maze_spec
-from diffnorm.experiments.common import require, resolve_device, resolve_path, seed_everything, write_results
+from diffnorm.config import validate_config
+from diffnorm.experiments.common import (
+    compose_job,
+    require,
+    resolve_device,
+    resolve_path,
+    seed_everything,
+    write_results,
+)
 from diffnorm.plotting.diffuser import loss_curve, plan_grid
 from diffnorm.training.build import build_diffusion
 from diffnorm.training.checkpoint import CONFIG, SCALER, load_scaler, write_run_files
@@ -53,6 +61,90 @@ def _identity(cfg: DictConfig) -> dict[str, Any]:
         value = OmegaConf.select(cfg, key, default=_SAVED_BEFORE.get(key))
         identity[key] = OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
     return identity
+
+
+def _flat(cfg: DictConfig) -> dict[str, Any]:
+    """Every leaf setting of ``cfg`` (resolved) by its dotted key; lists are leaves, and so is ``norm``,
+    whose keys depend on the layer chosen (GroupNorm's ``groups`` means nothing to ``none``)."""
+    flat: dict[str, Any] = {}
+
+    def walk(node: Any, prefix: str) -> None:
+        if isinstance(node, dict) and node and prefix != "norm.":
+            for key, value in node.items():
+                walk(value, f"{prefix}{key}.")
+        else:
+            flat[prefix[:-1]] = node
+
+    walk(OmegaConf.to_container(cfg, resolve=True), "")
+    return flat
+
+
+def env_option_of(env: DictConfig) -> str:
+    """The env config option (``configs/env/<option>.yaml``) a resolved env config came from, by the
+    configs' naming rule: maze2d-<maze> is ``maze2d_<maze>``, an OGBench twin ``ogbench_<its id without -v0>``."""
+    og = OmegaConf.select(env, "ogbench")
+    name = str(env.name) if og is None else "ogbench_" + str(og.env).removesuffix("-v0")
+    return name.replace("-", "_")
+
+
+def _command_line_keys() -> set[str]:
+    """The keys and config groups named on train_diffuser's command line (``norm=group`` names ``norm``)
+    when this process runs that script; empty otherwise (in-process callers, other jobs)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized() or HydraConfig.get().job.config_name != "train_diffuser":
+        return set()
+    keys = {o.split("=", 1)[0].lstrip("+~") for o in HydraConfig.get().overrides.task}
+    return {k for k in keys if k not in ("experiment", "preset") and not k.startswith("hydra")}
+
+
+def explicit_settings(cfg: DictConfig) -> dict[str, Any]:
+    """The settings of a train_diffuser config the caller chose, as {dotted key: value}: those that differ
+    from the job's defaults for its maze (overrides, presets) and, from the command line, every key or
+    group named there, even at its default value."""
+    defaults = _flat(compose_job("train_diffuser", [f"env={env_option_of(cfg.env)}"]))
+    named = _command_line_keys()
+    return {k: v for k, v in _flat(cfg).items()
+            if k not in defaults or defaults[k] != v or any(k == n or k.startswith(n + ".") for n in named)}
+
+
+def _apply(base: DictConfig, settings: dict[str, Any]) -> DictConfig:
+    merged = base.copy()
+    for key, value in settings.items():
+        OmegaConf.update(merged, key, value, merge=False, force_add=True)
+    return merged
+
+
+def resume_config(cfg: DictConfig, out: Path) -> DictConfig:
+    """The config a ``train.resume=true`` run continues with: the run's saved config.yaml, changed only
+    where ``cfg`` was given settings of its own (e.g. ``train.steps`` to extend the run), so
+    ``train.resume=true hydra.run.dir=<run>`` alone continues it. ``_check_resume_matches`` then refuses
+    changes to what makes the run itself (norm, model, data, optimizer), naming the keys."""
+    require((out / CONFIG).is_file(), f"train.resume=true but {out / CONFIG} does not exist")
+    saved = OmegaConf.load(out / CONFIG)
+    given = {k: v for k, v in explicit_settings(cfg).items() if k != "preset"}
+    return _apply(saved, given)
+
+
+def cpu_preset_name(maze: str) -> str:
+    """The CPU preset (``configs/experiment/cpu_<maze>.yaml``) of a maze2d maze."""
+    return "cpu_" + maze.removeprefix("maze2d-")
+
+
+def with_device_default(cfg: DictConfig, device: torch.device) -> DictConfig:
+    """``preset: auto`` (no ``experiment=`` given) on a CPU becomes the maze's CPU preset under the
+    caller's own settings, with one log line; on a GPU the published settings stay. Any explicit
+    ``experiment=`` (``published`` included) is kept as it is."""
+    if cfg.get("preset", "auto") != "auto":
+        return cfg
+    if device.type != "cpu":
+        log.info("%s: the Diffuser's published settings (train.steps=%d)", device, cfg.train.steps)
+        return _apply(cfg, {"preset": "published"})
+    preset = cpu_preset_name(str(cfg.env.name))
+    log.warning("CPU: training with experiment=%s, the measured CPU preset of %s (the published 2,000,000 steps "
+                "would take days here); experiment=published forces the paper's settings", preset, cfg.env.name)
+    base = compose_job("train_diffuser", [f"env={env_option_of(cfg.env)}", f"experiment={preset}"])
+    return _apply(base, explicit_settings(cfg))
 
 
 def _check_resume_matches(out: Path, cfg: DictConfig) -> TrajectoryScaler:
@@ -151,11 +243,16 @@ def _configure_threads(cfg: DictConfig) -> None:
 
 
 def train_diffuser(cfg: DictConfig, out: Path) -> dict[str, Any]:
-    """Train the Diffuser of ``cfg`` into ``out``; with ``train.resume`` continue the run found there."""
+    """Train the Diffuser of ``cfg`` into ``out``; with ``train.resume`` continue the run found there
+    (``resume_config``). Without an ``experiment=`` a CPU trains the maze's CPU preset
+    (``with_device_default``)."""
     start = time.perf_counter()
+    device = resolve_device(str(cfg.device))
+    cfg = resume_config(cfg, out) if cfg.train.resume else with_device_default(cfg, device)
+    validate_config("train_diffuser", cfg)
     _configure_threads(cfg)
     # Under torchrun (WORLD_SIZE > 1): join the process group; rank 0 alone generates data and writes files.
-    dist, device = init_distributed(resolve_device(str(cfg.device)))
+    dist, device = init_distributed(device)
     seed_everything(int(cfg.seed))
     diffusion = build_diffusion(cfg)  # first, so a bad horizon or norm fails before any data work
     scaler = _check_resume_matches(out, cfg) if cfg.train.resume else None
@@ -176,7 +273,7 @@ def train_diffuser(cfg: DictConfig, out: Path) -> dict[str, Any]:
     loss_png = loss_curve(out / "loss.png", summary["loss_curve"],
                           title=f"{cfg.env.name}, norm={cfg.norm.name}")
     results = {
-        "env": cfg.env.name, "norm": OmegaConf.to_container(cfg.norm, resolve=True),
+        "env": cfg.env.name, "preset": cfg.get("preset"), "norm": OmegaConf.to_container(cfg.norm, resolve=True),
         "model": OmegaConf.to_container(cfg.model, resolve=True), "parameters": n_params,
         "device": str(device), "torch_threads": torch.get_num_threads(), "n_windows": len(dataset),
         "world_size": dist.world_size, "shards": int(cfg.train.get("shards", 1)), "dataset": source,

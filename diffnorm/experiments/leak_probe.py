@@ -21,7 +21,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -44,10 +44,18 @@ from diffnorm.analysis.influence import (
 )
 from diffnorm.analysis.receptive_field import receptive_field
 from diffnorm.diffusion.gaussian import GaussianDiffusion
-from diffnorm.experiments.common import ConfigError, compose_job, require, resolve_path, seed_everything, write_results
+from diffnorm.experiments.common import (
+    ConfigError,
+    compose_job,
+    require,
+    resolve_path,
+    seed_everything,
+    write_results,
+)
 from diffnorm.plotting import leak as plots
 from diffnorm.probing.hooks import record_activations
 from diffnorm.probing.probes import localize_sites
+from diffnorm.progress import bar as progress_bar
 from diffnorm.toy.localization import ramp_target
 from diffnorm.training.checkpoint import LoadedDiffuser, load_checkpoint
 
@@ -310,8 +318,9 @@ def _blind_stats(delta: np.ndarray, blind: np.ndarray) -> dict[str, float]:
 
 # ------------------------------------------------------------------------------------------------ the job
 
-def analyse(loaded: LoadedDiffuser, cfg: DictConfig, sites: list[str], dtype: torch.dtype) -> dict[str, Any]:
-    """All measurements for one trained model."""
+def analyse(loaded: LoadedDiffuser, cfg: DictConfig, sites: list[str], dtype: torch.dtype,
+            tick: Callable[[str], None] = lambda name: None) -> dict[str, Any]:
+    """All measurements for one trained model; ``tick(name)`` is called after each of the three."""
     diffusion = loaded.diffusion.to(dtype).eval()
     model = diffusion.model
     length = int(loaded.cfg.env.horizon)
@@ -335,6 +344,7 @@ def analyse(loaded: LoadedDiffuser, cfg: DictConfig, sites: list[str], dtype: to
         yield
         timings[f"{name}_s"] = round(time.perf_counter() - wall, 2)
         timings[f"{name}_cpu_s"] = round(time.process_time() - cpu, 2)
+        tick(name)
 
     n_inf, n_leak = int(cfg.influence.n_windows), int(cfg.leakage.n_windows)
     with timed("influence"):
@@ -436,14 +446,25 @@ def leak_probe(cfg: DictConfig, out: Path) -> dict[str, Any]:
 
     probe_start, probe_cpu = time.perf_counter(), time.process_time()
     measured: dict[str, dict[str, Any]] = {}
-    for m in loaded:
-        measured[_label(m, set(measured))] = analyse(m, cfg, sites, dtype)
+    with progress_bar(total=3 * len(loaded), desc="leak probe") as bar:
+        for m in loaded:
+            label = _label(m, set(measured))
+            bar.set_postfix_str(f"{label}: influence, probes, leakage")
+            measured[label] = analyse(m, cfg, sites, dtype, tick=lambda name: bar.update(1))
     left, right = next(iter(measured.values()))["receptive_field"]
     for label, m in measured.items():
         if m["receptive_field"] != [left, right]:
             raise ConfigError(f"{label} has receptive field {m['receptive_field']}, the first model "
                               f"{[left, right]}; compare one architecture per run")
     horizon = horizons.pop()
+    # Output i and input j are beyond the receptive field when j - i < -left or > right; at a horizon
+    # H no pair is when H - 1 <= min(left, right), and every number below would be a zero by construction.
+    beyond_empty = horizon - 1 <= min(left, right)
+    if beyond_empty:
+        log.warning("at H=%d every plan index sees every other in one pass (receptive field %d/%d): the beyond-RF "
+                    "set is empty, so beyond-RF numbers are zero by construction; measure at a longer plan "
+                    "with horizon=<H> (the U-Net is fully convolutional; 384 for the published network)",
+                    horizon, left, right)
     figures = {
         "influence_heatmaps": plots.influence_heatmaps(measured, left, right, out / "influence_heatmaps.png"),
         "influence_profiles": plots.influence_profiles(measured, left, right, out / "influence_profiles.png"),
@@ -459,6 +480,7 @@ def leak_probe(cfg: DictConfig, out: Path) -> dict[str, Any]:
         "settings": OmegaConf.to_container(cfg, resolve=True),
         "receptive_field": {"left": left, "right": right,
                             "sees_both_ends": [sees_both_ends(left, right, int(h)) for h in cfg.horizons]},
+        "horizon": horizon, "beyond_rf_set_empty": beyond_empty,
         "comparison": {label: _summary(m) for label, m in measured.items()},
         "models": {label: _jsonable_measure(m) for label, m in measured.items()},
         "figures": figures,
@@ -469,6 +491,9 @@ def leak_probe(cfg: DictConfig, out: Path) -> dict[str, Any]:
                        round(time.process_time() - start_cpu, 1)},
     }
     write_results(out, results)
+    if beyond_empty:
+        print(f"warning: at H={horizon} no plan index lies beyond the receptive field ({left}/{right}); the "
+              "beyond-RF numbers below are zero by construction: use horizon=<longer plan>, e.g. horizon=384")
     print(f"receptive field: left {left}, right {right}")
     for h in results["receptive_field"]["sees_both_ends"]:
         print(f"  H={h['horizon']}: {h['count']} indices see both start and goal"

@@ -10,7 +10,8 @@ Time-to-score is the training seconds of the first snapshot whose mean score rea
 reported mean (Janner et al. 2022, Table 1) for the run's maze and task mode.
 
 Writes results.json (per run: points, time-to-score, final point, optionally the final snapshot's
-Multi2D score) and one ``curve_<maze>.png`` per maze.
+Multi2D score) and one ``curve_<maze>.png`` per maze; with ``summary=<path>`` it also updates the
+machine-readable summary ``{maze: {norm: {...}}}`` (``summary_entry``) with each run's final point.
 """
 
 from __future__ import annotations
@@ -58,6 +59,24 @@ def first_at_or_above(points: list[dict[str, Any]], target: float) -> dict[str, 
     return next((p for p in sorted(points, key=lambda p: p["step"]) if p["score_mean"] >= target), None)
 
 
+def summary_entry(record: dict[str, Any], preset: str) -> dict[str, Any]:
+    """A run's final point as the summary records it (keys are a contract read by other tooling)."""
+    final, multi = record["final"], record.get("final_multi")
+    return {"steps": int(final["step"]), "train_seconds": final["train_seconds"], "episodes": int(final["episodes"]),
+            "score_mean": final["score_mean"], "score_sem": final["score_sem"], "success": final["success_rate"],
+            "multi_score_mean": multi["score_mean"] if multi else None,
+            "time_to_published_s": record["time_to_published_s"], "preset": preset}
+
+
+def update_summary(path: Path, records: list[dict[str, Any]], preset: str | None) -> Path:
+    """Merge the runs' final points into the summary JSON at ``path`` (other mazes and norms are kept)."""
+    summary = json.loads(path.read_text()) if path.is_file() else {}
+    for r in records:
+        summary.setdefault(r["env"], {})[r["norm"]] = summary_entry(r, preset or r["preset"])
+    atomic_write_bytes(path, (json.dumps(summary, indent=2, sort_keys=True) + "\n").encode())
+    return path
+
+
 def learning_curve(cfg: DictConfig, out: Path) -> dict[str, Any]:
     """Evaluate every snapshot of ``cfg.runs``; see learning_curve.yaml."""
     start = time.perf_counter()
@@ -86,6 +105,7 @@ def learning_curve(cfg: DictConfig, out: Path) -> dict[str, Any]:
         reached = first_at_or_above(points, published[0])
         record: dict[str, Any] = {
             "run": run, "env": maze, "norm": norm, "label": str(cfg.labels.get(str(run), norm)) if cfg.labels else norm,
+            "preset": str(run_cfg.get("preset", "unrecorded")),
             "model": OmegaConf.to_container(run_cfg.model, resolve=True),
             "train": {k: run_cfg.train[k] for k in ("batch_size", "grad_accumulation", "lr", "ema_decay",
                                                     "ema_every", "num_threads", "shards")
@@ -105,6 +125,9 @@ def learning_curve(cfg: DictConfig, out: Path) -> dict[str, Any]:
     for maze in sorted({r["env"] for r in records}):
         figures[maze] = learning_curves(out / f"curve_{maze}.png", [r for r in records if r["env"] == maze],
                                         title=f"{maze}, {cfg.mode}-task, {cfg.episodes} episodes per point")
+    if cfg.summary is not None:
+        require(str(cfg.mode) == "single", "summary= records single-task scores; run it with mode=single")
+        figures["summary"] = update_summary(resolve_path(str(cfg.summary)), records, cfg.preset)
     results = {"mode": str(cfg.mode), "episodes": int(cfg.episodes), "seed": int(cfg.seed), "runs": records,
                "device": str(device), "torch_threads": torch.get_num_threads(), "files": figures,
                "wall_time_s": round(time.perf_counter() - start, 2)}

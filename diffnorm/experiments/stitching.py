@@ -38,6 +38,7 @@ from diffnorm.envs.ogbench_maze import (
     oracle_policy,
 )
 from diffnorm.experiments.common import compose_job, require, resolve_device, resolve_path, write_results
+from diffnorm.experiments.diffuser import env_option_of, train_diffuser
 from diffnorm.experiments.parallel import map_trials
 from diffnorm.models.norms import NORM_LAYERS
 from diffnorm.planning.kinematic import PlanFollower, evaluate_ogbench_planner, plans_in_wall_fraction
@@ -212,7 +213,6 @@ def run_trial(overrides: list[str], run: str, maze: str, episodes_per_task: int,
 
     A run is reused when it finished (results.json and weights present) with the same overrides, and its
     evaluation when that was made with the same settings."""
-    from diffnorm.experiments.diffuser import train_diffuser
 
     out = Path(run)
     marker = out / _REUSE_MARKER
@@ -261,8 +261,13 @@ def _validate(cfg: DictConfig) -> tuple[list[str], list[int]]:
     return norms, [int(s) for s in seeds]
 
 
-def _seed_interval(values: list[float], confidence: float = 0.95) -> dict[str, Any]:
-    """Mean over seeds with a Student-t interval (the per-norm error bar); None when too few values."""
+# Metrics that are fractions: their intervals are kept inside [0, 1].
+RATES = {"success_rate", "success_rate_final", "plan_in_wall_fraction", "plan_connected"}
+
+
+def _seed_interval(values: list[float], confidence: float = 0.95, rate: bool = False) -> dict[str, Any]:
+    """Mean over seeds with a Student-t interval (the per-norm error bar); None when too few values. For a
+    ``rate`` the interval is clipped to [0, 1], the only values a fraction can take."""
     x = np.asarray(values, dtype=float)
     if len(x) == 0:
         return {"mean": None, "ci_low": None, "ci_high": None, "seeds": 0}
@@ -270,7 +275,10 @@ def _seed_interval(values: list[float], confidence: float = 0.95) -> dict[str, A
     if len(x) < 2 or x.std() == 0:
         return {"mean": mean, "ci_low": mean, "ci_high": mean, "seeds": len(x)}
     half = float(stats.t.ppf(0.5 + confidence / 2, len(x) - 1) * x.std(ddof=1) / np.sqrt(len(x)))
-    return {"mean": mean, "ci_low": mean - half, "ci_high": mean + half, "seeds": len(x)}
+    low, high = mean - half, mean + half
+    if rate:
+        low, high = max(low, 0.0), min(high, 1.0)
+    return {"mean": mean, "ci_low": low, "ci_high": high, "seeds": len(x)}
 
 
 def summarize_tasks(runs: dict[str, dict[int, dict[str, Any]]], baseline: str) -> list[dict[str, Any]]:
@@ -283,7 +291,7 @@ def summarize_tasks(runs: dict[str, dict[int, dict[str, Any]]], baseline: str) -
         row = {"task_index": k, **{key: task[key] for key in ("task_id", "task_name", "start_cell", "goal_cell",
                                                               "bfs_distance") if key in task}}
         row["success_rate"] = {n: {"per_seed": [by[s]["per_task"][k]["success_rate"] for s in by],
-                                   **_seed_interval([by[s]["per_task"][k]["success_rate"] for s in by])}
+                                   **_seed_interval([by[s]["per_task"][k]["success_rate"] for s in by], rate=True)}
                                for n, by in runs.items()}
         row["comparison_vs_baseline"] = {
             n: welch_difference(row["success_rate"][n]["per_seed"], row["success_rate"][baseline]["per_seed"])
@@ -296,7 +304,8 @@ def summarize(runs: dict[str, dict[int, dict[str, Any]]], baseline: str) -> tupl
     """(per norm and metric: seed values, mean and 95% t-interval; per non-baseline norm and metric: the
     Welch difference from the baseline across seeds). Metrics that are None for a seed leave it out."""
     summary = {n: {key: {"per_seed": [by_seed[s][key] for s in by_seed],
-                         **_seed_interval([by_seed[s][key] for s in by_seed if by_seed[s][key] is not None])}
+                         **_seed_interval([by_seed[s][key] for s in by_seed if by_seed[s][key] is not None],
+                                          rate=key in RATES)}
                    for key, _ in METRICS} for n, by_seed in runs.items()}
     comparisons: dict[str, dict[str, Any]] = {}
     for n in runs:
@@ -357,9 +366,7 @@ def env_option(cfg: DictConfig) -> str:
 
     if HydraConfig.initialized():
         return str(HydraConfig.get().runtime.choices["env"])
-    og = OmegaConf.select(cfg, "env.ogbench")
-    name = str(cfg.env.name) if og is None else "ogbench_" + str(og.env).removesuffix("-v0")
-    return name.replace("-", "_")
+    return env_option_of(cfg.env)
 
 
 def ogbench_references(maze: str, episodes_per_task: int, seed: int, max_steps: int | None,

@@ -21,8 +21,7 @@ from diffnorm.plotting import toy as plots
 from diffnorm.probing.hooks import record_activations
 from diffnorm.probing.probes import localize_sites
 from diffnorm.probing.stats import localization_distance, localized_indices
-from diffnorm.toy.localization import (LocalizationCNN, predict, ramp_target, sample_inputs,
-                                       train_localization)
+from diffnorm.toy.localization import LocalizationCNN, predict, ramp_target, sample_inputs, train_localization
 from diffnorm.toy.packnorm import TwoStreamCNN, evaluate_packnorm, train_packnorm
 
 
@@ -57,7 +56,8 @@ def localization_trial(norm: dict, seed: int, length: int, depth: int, kernel_si
     norm = dict(norm)
     eval_modes = norm.pop("eval_stats", None)
     model = LocalizationCNN(depth, kernel_size, hidden, norm_factory(**norm))
-    losses = train_localization(model, length, steps, lr, batch_size, accumulation, seed=seed)
+    losses = train_localization(model, length, steps, lr, batch_size, accumulation, seed=seed, progress=True,
+                                desc=f"{_norm_label(norm)} seed {seed}")
     test_inputs = sample_inputs(n_test, length, seed=10_000 + seed)
     target = ramp_target(length).numpy()
 

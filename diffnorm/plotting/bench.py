@@ -24,6 +24,6 @@ def throughput_bars(path: Path, rows: Sequence[dict[str, Any]], title: str = "")
     ax.set_yticks(list(y), labels, fontsize=8)
     ax.set_xlabel("training throughput (trajectories / s, median step)")
     ax.set_title(title, fontsize=9)
-    fig.savefig(path, dpi=110)
+    fig.savefig(path)
     plt.close(fig)
     return path

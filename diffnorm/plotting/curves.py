@@ -47,6 +47,6 @@ def learning_curves(path: Path, runs: Sequence[dict[str, Any]], title: str = "")
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
+    fig.savefig(path)
     plt.close(fig)
     return path

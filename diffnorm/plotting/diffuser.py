@@ -42,7 +42,7 @@ def plan_grid(path: Path, maze: str, plans_xy: np.ndarray, references_xy: np.nda
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
+    fig.savefig(path)
     plt.close(fig)
     return path
 
@@ -58,6 +58,6 @@ def loss_curve(path: Path, curve: Sequence[tuple[int, float]], title: str = "") 
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path)
     plt.close(fig)
     return path

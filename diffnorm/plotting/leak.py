@@ -8,13 +8,15 @@ from pathlib import Path
 from typing import Any
 
 import matplotlib.pyplot as plt
+from matplotlib.lines import Line2D
+from matplotlib.patches import Patch
 import numpy as np
 from matplotlib.colors import LogNorm
 
 
 def _save(fig: plt.Figure, path: Path) -> Path:
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path)
     plt.close(fig)
     return path
 
@@ -53,7 +55,7 @@ def influence_heatmaps(measured: dict[str, dict[str, Any]], left: int, right: in
         ax.set_title(f"{label}\nbeyond RF: {m['influence']['beyond_rf_fraction']:.2%} of the mass", fontsize=9)
     axes[0, 0].set_ylabel("output index i")
     fig.colorbar(image, ax=axes[0].tolist(), shrink=0.9, label="mean |d out_i / d in_j| (white: exactly 0)")
-    fig.savefig(path, dpi=110)
+    fig.savefig(path)
     plt.close(fig)
     return path
 
@@ -94,11 +96,17 @@ def probe_localization(measured: dict[str, dict[str, Any]], sites: Sequence[str]
         ax.imshow(grid, aspect="auto", cmap="Greys", vmin=0, vmax=1, interpolation="nearest",
                   extent=(-0.5, length - 0.5, len(sites) - 0.5, -0.5))
         for x in (left + 0.5, length - 1.5 - right):
-            ax.axvline(x, color="tab:red", linestyle="--", lw=1)
+            if -0.5 < x < length - 0.5:  # only inside the plan
+                ax.axvline(x, color="tab:red", linestyle="--", lw=1)
         ax.set_xlabel("plan index")
         ax.set_title(f"{label}: {m['probes']['localized_beyond_rf']} localized beyond the RF", fontsize=9)
     axes[0, 0].set_yticks(range(len(sites)))
     axes[0, 0].set_yticklabels(sites, fontsize=5)
+    key = [Patch(facecolor="black", label="index localized by a probe on this site"),
+           Line2D([], [], color="tab:red", linestyle="--", label="receptive field from each end "
+                  "(between the lines: sees neither end)")]
+    fig.legend(handles=key, loc="lower center", ncol=2, fontsize=8, bbox_to_anchor=(0.5, -0.02))
+    fig.subplots_adjust(bottom=0.25)
     return _save(fig, path)
 
 
@@ -118,8 +126,10 @@ def condition_leakage(measured: dict[str, dict[str, Any]], left: int, right: int
                     label=f"{label}: sampling chain")
         leak = next(iter(measured.values()))["leakage"][name]
         length, position = len(leak["chain"]["plan_delta"]), leak["position"]
-        blind = [position - right - 1, 0] if position > 0 else [position + left + 1, length - 1]
-        ax.axvspan(min(blind) - 0.5, max(blind) + 0.5, color="grey", alpha=0.15, label="beyond the RF")
+        # Indices that cannot see the changed condition, clipped to the plan (none at short horizons).
+        lo, hi = (0, position - right - 1) if position > 0 else (position + left + 1, length - 1)
+        if lo <= hi:
+            ax.axvspan(lo - 0.5, hi + 0.5, color="grey", alpha=0.15, label="beyond the RF")
         ax.set_yscale("log")
         ax.set_xlabel("plan index")
         ax.set_ylabel("mean |change of the output| (absent = exactly 0)")

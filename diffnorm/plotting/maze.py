@@ -54,7 +54,7 @@ def dataset_coverage(name: str, xy: np.ndarray, path: Path, bins_per_cell: int =
     draw_maze(ax, name)
     ax.set_title(f"{name}: {len(xy):,} dataset positions")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path)
     plt.close(fig)
     return path
 
@@ -85,6 +85,6 @@ def stitch_coverage(name: str, xy: np.ndarray, tasks: list[tuple[np.ndarray, np.
     axes[0].set_title(title or f"{name}\n{len(xy):,} positions, {len(tasks)} tasks", fontsize=10)
     axes[1].set_title(f"{len(episodes)} whole episodes (dark: start)\nand the tasks (circle -> star)", fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path)
     plt.close(fig)
     return path

@@ -28,7 +28,7 @@ def _plan(ax: plt.Axes, plan: np.ndarray, size: float = 5) -> None:
 def _save(fig: plt.Figure, path: Path) -> Path:
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
+    fig.savefig(path)
     plt.close(fig)
     return path
 
@@ -59,9 +59,16 @@ def episode_grid(path: Path, maze: str, plans_xy: np.ndarray, rollouts_xy: np.nd
         ax.set_ylabel("")
         ax.tick_params(labelsize=7)
     axes.flat[0].legend(fontsize=6, loc="best")
+    _plan_key(fig, axes, plans_xy.shape[1])
     if title:
         fig.suptitle(title, fontsize=10)
     return _save(fig, path)
+
+
+def _plan_key(fig: plt.Figure, axes: np.ndarray, horizon: int) -> None:
+    """The key of the plan dots' colours: the plan step, from the start (dark) to the goal (light)."""
+    mappable = plt.cm.ScalarMappable(norm=plt.Normalize(0, horizon - 1), cmap="viridis")
+    fig.colorbar(mappable, ax=axes, shrink=0.6, label="plan step (dark: start, light: goal)")
 
 
 def overview(path: Path, maze: str, plans_xy: np.ndarray, rollouts_xy: np.ndarray, goals: np.ndarray,
@@ -78,6 +85,7 @@ def overview(path: Path, maze: str, plans_xy: np.ndarray, rollouts_xy: np.ndarra
     for rollout in rollouts_xy:
         right.plot(*rollout.T, lw=0.8, alpha=0.8, zorder=4)
         right.plot(*rollout[0], "o", color="tab:green", ms=4, zorder=6)
+    _plan_key(fig, np.array([left]), plans_xy.shape[1])
     if title:
         fig.suptitle(title, fontsize=10)
     return _save(fig, path)

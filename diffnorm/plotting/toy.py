@@ -16,7 +16,7 @@ def _edges(ax: plt.Axes, length: int, radius: int) -> None:
 
 def _save(fig: plt.Figure, path: Path) -> Path:
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path)
     plt.close(fig)
     return path
 

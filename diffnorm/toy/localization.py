@@ -11,11 +11,11 @@ from __future__ import annotations
 import numpy as np
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from diffnorm.experiments.common import require
 from diffnorm.models.blocks import Conv1dBlock
 from diffnorm.models.norms import NormLayer, norm_factory
+from diffnorm.progress import bar
 
 
 def check_cnn_settings(depth: int, kernel_size: int, hidden: int) -> None:
@@ -64,7 +64,8 @@ def ramp_target(length: int) -> torch.Tensor:
 
 
 def train_localization(model: nn.Module, length: int, steps: int, lr: float, batch_size: int,
-                       accumulation: int = 1, seed: int = 0, progress: bool = False) -> list[float]:
+                       accumulation: int = 1, seed: int = 0, progress: bool = False, desc: str = "train"
+                       ) -> list[float]:
     """Adam on MSE to the ramp; ``accumulation`` minibatches of ``batch_size`` per update, so a
     BatchNorm sees small batches while the gradient averages over a large effective batch.
     Returns the loss of each update."""
@@ -73,7 +74,7 @@ def train_localization(model: nn.Module, length: int, steps: int, lr: float, bat
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     model.train()
     losses = []
-    for _ in tqdm(range(steps), desc="train", disable=not progress, leave=False):
+    for _ in bar(range(steps), desc=desc, disable=not progress, leave=False, mininterval=2.0):
         opt.zero_grad(set_to_none=True)
         total = 0.0
         for _ in range(accumulation):

@@ -25,9 +25,8 @@ from typing import Any
 
 import numpy as np
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from torch import nn
-from tqdm.auto import tqdm
 
 from diffnorm.diffusion.gaussian import GaussianDiffusion
 from diffnorm.experiments.common import (
@@ -37,6 +36,7 @@ from diffnorm.experiments.common import (
     bf16_supported,
     require,
 )
+from diffnorm.progress import bar as progress_bar
 from diffnorm.training.checkpoint import (
     CHECKPOINT,
     load_training_state,
@@ -224,7 +224,8 @@ def train_diffusion(diffusion: GaussianDiffusion, dataset: Sequence[dict[str, An
 
     def seconds() -> float:  # training seconds over every start of this run
         return before + time.perf_counter() - t0
-    bar = tqdm(total=total, initial=start, desc="train", disable=not cfg.progress, dynamic_ncols=True)
+    label = f"train {OmegaConf.select(run_cfg, 'norm.name', default='')} seed {seed}".replace("  ", " ")
+    bar = progress_bar(total=total, initial=start, desc=label, disable=not cfg.progress)
     with _sigint_flag() as sigint, contextlib.closing(grads):
         schedule, warmup = str(cfg.get("lr_schedule", "constant")), int(cfg.get("warmup_steps", 0))
         for step in range(start, total):

@@ -1,0 +1,35 @@
+"""A grid of existing PNG figures in one figure, with row and column labels."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+
+
+def image_grid(path: Path, cells: Sequence[Sequence[Path | None]], row_labels: Sequence[str],
+               col_labels: Sequence[str], panel_inches: float = 4.0) -> Path:
+    """PNG of ``cells`` [rows][columns] (image paths; None leaves a panel empty), rows and columns labelled."""
+    rows, cols = len(cells), max(len(r) for r in cells)
+    fig, axes = plt.subplots(rows, cols, figsize=(panel_inches * cols, panel_inches * rows), squeeze=False)
+    for i, row in enumerate(cells):
+        for j in range(cols):
+            ax = axes[i, j]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            for spine in ax.spines.values():
+                spine.set_visible(False)
+            image = row[j] if j < len(row) else None
+            if image is not None:
+                ax.imshow(plt.imread(str(image)))
+            if i == 0:
+                ax.set_title(col_labels[j], fontsize=12)
+            if j == 0:
+                ax.set_ylabel(row_labels[i], fontsize=12)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
