@@ -23,7 +23,7 @@ from typing import Any, Optional
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from diffnorm.experiments.common import ConfigError
+from diffnorm.errors import ConfigError
 
 log = logging.getLogger(__name__)
 

@@ -29,7 +29,7 @@ from torch.func import jacrev
 
 from diffnorm.analysis.receptive_field import positive_copy
 from diffnorm.diffusion.gaussian import GaussianDiffusion
-from diffnorm.experiments.common import require
+from diffnorm.errors import require
 from diffnorm.probing.hooks import record_activations
 
 

@@ -29,8 +29,8 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from diffnorm.bench.plain import PlainTemporalUnet, PlainTrainer
+from diffnorm.devices import bf16_supported, resolve_device
 from diffnorm.diffusion.gaussian import GaussianDiffusion
-from diffnorm.experiments.common import bf16_supported, resolve_device
 from diffnorm.models.norms import norm_factory
 from diffnorm.models.temporal_unet import TemporalUnet
 from diffnorm.training.ema import EMA

@@ -33,7 +33,8 @@ from typing import Any
 import h5py
 import numpy as np
 
-from diffnorm.experiments.common import ConfigError, fsync_dir
+from diffnorm.errors import ConfigError
+from diffnorm.io import fsync_dir
 
 # key -> per-step shape
 D4RL_LAYOUT: dict[str, tuple[int, ...]] = {

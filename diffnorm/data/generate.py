@@ -38,9 +38,19 @@ import mujoco
 import numpy as np
 
 from diffnorm.data.d4rl_format import load_d4rl_hdf5, read_attrs, write_d4rl_hdf5
-from diffnorm.envs.maze2d import (GOAL_RADIUS, NEIGHBOURS, RESET_POS_NOISE, RESET_VEL_STD, bfs_distances,
-                                  build_point_maze, centred_frame, in_wall, maze_spec, xy_to_cell)
-from diffnorm.experiments.common import ConfigError, require
+from diffnorm.envs.maze2d import (
+    GOAL_RADIUS,
+    NEIGHBOURS,
+    RESET_POS_NOISE,
+    RESET_VEL_STD,
+    bfs_distances,
+    build_point_maze,
+    centred_frame,
+    in_wall,
+    maze_spec,
+    xy_to_cell,
+)
+from diffnorm.errors import ConfigError, require
 
 RECIPE_VERSION = "d4rl-noisy-bfs-1"
 ACTION_NOISE_STD = 0.5

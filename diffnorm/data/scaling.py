@@ -14,7 +14,7 @@ from typing import TypeVar
 import numpy as np
 import torch
 
-from diffnorm.experiments.common import ConfigError, require
+from diffnorm.errors import ConfigError, require
 
 Array = TypeVar("Array", np.ndarray, torch.Tensor)
 

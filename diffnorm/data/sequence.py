@@ -23,7 +23,7 @@ from torch.utils.data import Dataset
 
 from diffnorm.data.d4rl_format import require_finite
 from diffnorm.data.scaling import TrajectoryScaler
-from diffnorm.experiments.common import ConfigError, require
+from diffnorm.errors import ConfigError, require
 
 GOAL_RADIUS = 0.5  # D4RL's sparse-reward radius; also the Diffuser's segmentation threshold
 

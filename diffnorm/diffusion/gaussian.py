@@ -19,7 +19,7 @@ from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from torch import nn
 from tqdm.auto import tqdm
 
-from diffnorm.experiments.common import ConfigError, require
+from diffnorm.errors import ConfigError, require
 
 Conditions = Mapping[int, torch.Tensor]
 SAMPLERS = ("ddpm", "ddim", "dpm")

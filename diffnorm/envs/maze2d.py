@@ -33,7 +33,7 @@ import numpy as np
 import yaml
 
 from diffnorm.envs.frames import DATA_FRAMES, CentredFrame, D4RLFileFrame, Frame, OGBenchFrame, PackageFrame
-from diffnorm.experiments.common import ConfigError, require
+from diffnorm.errors import ConfigError, require
 
 GOAL_RADIUS = 0.5  # D4RL sparse reward: 1 when ||xy - goal|| <= 0.5
 RESET_POS_NOISE = 0.1  # D4RL reset: U(-0.1, 0.1) on each coordinate

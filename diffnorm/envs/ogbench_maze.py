@@ -38,7 +38,7 @@ from diffnorm.data.d4rl_format import read_attrs, write_d4rl_hdf5
 from diffnorm.data.generate import stitch_check, stitch_tasks
 from diffnorm.envs.frames import OGBenchFrame
 from diffnorm.envs.maze2d import bfs_distances, maze_spec, xy_to_cell
-from diffnorm.experiments.common import ConfigError, require
+from diffnorm.errors import ConfigError, require
 
 OGBENCH_ENVS = {"maze2d-medium": "pointmaze-medium-v0", "maze2d-large": "pointmaze-large-v0"}
 OGBENCH_STITCH_EPISODES = 5000

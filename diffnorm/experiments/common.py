@@ -28,32 +28,16 @@ import torch
 from hydra.errors import CompactHydraException
 from omegaconf import DictConfig, OmegaConf
 
-
-class ConfigError(ValueError):
-    """A bad setting or input; the scripts print it as one line and exit non-zero."""
-
-
-class TrainingStopped(RuntimeError):
-    """A run that stopped itself on purpose with its last good checkpoint on disk; ``exit_code`` is what
-    the script exits with."""
-
-    exit_code = 3
-
-
-class TrainingDiverged(TrainingStopped):
-    """The loss became NaN or infinite; the checkpoint from before it is kept."""
-
-
-class TrainingInterrupted(TrainingStopped):
-    """SIGINT (Ctrl-C): a final checkpoint was written; ``train.resume=true`` continues the run."""
-
-    exit_code = 130  # 128 + SIGINT, the shell's convention
-
-
-def require(condition: bool, message: str) -> None:
-    """Raise ConfigError(message) unless condition holds."""
-    if not condition:
-        raise ConfigError(message)
+# Re-exported: job modules and tests import the package's errors and writers from here too.
+from diffnorm.devices import bf16_supported, resolve_device  # noqa: F401
+from diffnorm.errors import (  # noqa: F401
+    ConfigError,
+    TrainingDiverged,
+    TrainingInterrupted,
+    TrainingStopped,
+    require,
+)
+from diffnorm.io import atomic_write_bytes, fsync_dir  # noqa: F401
 
 
 def seed_everything(seed: int) -> torch.Generator:
@@ -62,22 +46,6 @@ def seed_everything(seed: int) -> torch.Generator:
     np.random.seed(seed)
     torch.manual_seed(seed)
     return torch.Generator().manual_seed(seed)
-
-
-def resolve_device(name: str = "auto") -> torch.device:
-    """``auto`` picks CUDA when present; anything else is passed to torch.device."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
-def bf16_supported(device: torch.device) -> bool:
-    """Whether ``device`` computes in bf16 natively (a CUDA GPU that says so; a CPU with AVX512-BF16/AMX)."""
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    if device.type == "cpu":
-        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    return False
 
 
 def run_dir() -> Path:
@@ -119,35 +87,6 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, Path):
         return str(value)
     return value
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that a crash at any moment leaves the old file or the new one, never
-    a torn one: write ``<name>.tmp`` in the same directory, fsync it, rename it over ``path``, fsync the
-    directory (so the rename itself survives a power loss)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
-
-
-def fsync_dir(directory: Path) -> None:
-    """fsync a directory entry table; a no-op where the platform cannot (Windows, some network mounts)."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 VERSIONED = ("diffnorm", "torch", "numpy", "diffusers", "gymnasium", "gymnasium-robotics", "mujoco", "hydra-core",

@@ -16,13 +16,13 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from diffnorm.config import validate_config
 from diffnorm.data.d4rl_format import load_dataset, read_attrs
 from diffnorm.data.generate import ensure_dataset
 from diffnorm.data.scaling import TrajectoryScaler
 from diffnorm.data.sequence import SequenceDataset
 from diffnorm.diffusion.gaussian import GaussianDiffusion
 from diffnorm.envs.maze2d import in_wall, maze_spec
-from diffnorm.config import validate_config
 from diffnorm.experiments.common import (
     compose_job,
     require,

@@ -26,7 +26,13 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from diffnorm.envs.maze2d import maze_spec
-from diffnorm.experiments.common import atomic_write_bytes, require, resolve_device, resolve_path, write_results
+from diffnorm.experiments.common import (
+    atomic_write_bytes,
+    require,
+    resolve_device,
+    resolve_path,
+    write_results,
+)
 from diffnorm.planning.rollout import evaluate_planner
 from diffnorm.plotting.curves import learning_curves
 from diffnorm.training.checkpoint import CONFIG, list_snapshots, load_checkpoint

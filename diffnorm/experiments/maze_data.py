@@ -10,19 +10,36 @@ from pathlib import Path
 from typing import Any
 
 import matplotlib.pyplot as plt
+import numpy as np
 from omegaconf import DictConfig
 
-import numpy as np
-
 from diffnorm.data.d4rl_format import load_d4rl_hdf5, read_attrs, write_d4rl_hdf5
-from diffnorm.data.generate import (NEAR_CELLS, build_stitch_dataset, controller_returns, dataset_attrs,
-                                    dataset_checks, dataset_path, ensure_dataset, ensure_stitch_dataset,
-                                    episode_ranges, generate_maze2d, stitch_check, stitch_dataset_path,
-                                    stitch_episode_stats, stitch_tasks)
+from diffnorm.data.generate import (
+    NEAR_CELLS,
+    build_stitch_dataset,
+    controller_returns,
+    dataset_attrs,
+    dataset_checks,
+    dataset_path,
+    ensure_dataset,
+    ensure_stitch_dataset,
+    episode_ranges,
+    generate_maze2d,
+    stitch_check,
+    stitch_dataset_path,
+    stitch_episode_stats,
+    stitch_tasks,
+)
 from diffnorm.envs.maze2d import in_wall, maze_spec
-from diffnorm.envs.ogbench_maze import (OGBENCH_ENVS, ensure_ogbench_stitch_dataset, generate_ogbench_stitch,
-                                        ogbench_stitch_attrs, ogbench_stitch_checks, ogbench_stitch_path,
-                                        ogbench_tasks)
+from diffnorm.envs.ogbench_maze import (
+    OGBENCH_ENVS,
+    ensure_ogbench_stitch_dataset,
+    generate_ogbench_stitch,
+    ogbench_stitch_attrs,
+    ogbench_stitch_checks,
+    ogbench_stitch_path,
+    ogbench_tasks,
+)
 from diffnorm.experiments.common import ConfigError, require, resolve_path, write_results
 from diffnorm.plotting.maze import dataset_coverage, draw_maze, plot_trajectory, stitch_coverage
 

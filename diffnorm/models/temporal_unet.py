@@ -15,7 +15,7 @@ from itertools import pairwise
 import torch
 from torch import nn
 
-from diffnorm.experiments.common import ConfigError, require
+from diffnorm.errors import ConfigError, require
 from diffnorm.models.activations import Mish
 from diffnorm.models.blocks import (
     Conv1dBlock,

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from diffnorm.experiments.common import require
+from diffnorm.errors import require
 
 
 def plan_target(plans: np.ndarray, index: int) -> np.ndarray:

@@ -17,7 +17,7 @@ import numpy as np
 
 from diffnorm.envs.maze2d import in_wall
 from diffnorm.envs.ogbench_maze import evaluate_ogbench, kinematic_action
-from diffnorm.experiments.common import require
+from diffnorm.errors import require
 from diffnorm.planning.planner import DiffuserPlanner, Planner
 from diffnorm.training.checkpoint import LoadedDiffuser
 

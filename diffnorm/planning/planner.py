@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from diffnorm.diffusion.gaussian import SAMPLERS
-from diffnorm.experiments.common import require
+from diffnorm.errors import require
 from diffnorm.training.checkpoint import LoadedDiffuser
 
 

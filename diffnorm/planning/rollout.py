@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 
 from diffnorm.data.generate import GOAL_NOISE  # D4RL's set_target: U(-0.1, 0.1) around the chosen cell
 from diffnorm.envs.maze2d import GOAL_RADIUS, in_wall, make_env, maze_spec, normalized_score
-from diffnorm.experiments.common import require
+from diffnorm.errors import require
 from diffnorm.planning.controller import controller_action, plan_target
 from diffnorm.planning.planner import DiffuserPlanner, Planner
 from diffnorm.training.checkpoint import LoadedDiffuser

@@ -8,7 +8,7 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
-from diffnorm.experiments.common import ConfigError
+from diffnorm.errors import ConfigError
 
 
 @contextmanager

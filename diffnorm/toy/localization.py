@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from diffnorm.experiments.common import require
+from diffnorm.errors import require
 from diffnorm.models.blocks import Conv1dBlock
 from diffnorm.models.norms import NormLayer, norm_factory
 from diffnorm.progress import bar

@@ -6,7 +6,7 @@ from __future__ import annotations
 from omegaconf import DictConfig, OmegaConf
 
 from diffnorm.diffusion.gaussian import GaussianDiffusion
-from diffnorm.experiments.common import ConfigError, require
+from diffnorm.errors import ConfigError, require
 from diffnorm.models.norms import norm_factory
 from diffnorm.models.temporal_unet import TemporalUnet
 

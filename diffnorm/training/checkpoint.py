@@ -26,7 +26,8 @@ from safetensors.torch import save as safetensors_bytes
 from torch import nn
 
 from diffnorm.diffusion.gaussian import GaussianDiffusion
-from diffnorm.experiments.common import ConfigError, atomic_write_bytes, require
+from diffnorm.errors import ConfigError, require
+from diffnorm.io import atomic_write_bytes
 from diffnorm.training.build import architecture, build_diffusion
 
 CONFIG = "config.yaml"

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from diffnorm.experiments.common import require
+from diffnorm.errors import require
 
 log = logging.getLogger(__name__)
 

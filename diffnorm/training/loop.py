@@ -28,14 +28,10 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from diffnorm.devices import bf16_supported
 from diffnorm.diffusion.gaussian import GaussianDiffusion
-from diffnorm.experiments.common import (
-    TrainingDiverged,
-    TrainingInterrupted,
-    atomic_write_bytes,
-    bf16_supported,
-    require,
-)
+from diffnorm.errors import TrainingDiverged, TrainingInterrupted, require
+from diffnorm.io import atomic_write_bytes
 from diffnorm.progress import bar as progress_bar
 from diffnorm.training.checkpoint import (
     CHECKPOINT,

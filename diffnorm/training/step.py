@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from diffnorm.diffusion.gaussian import GaussianDiffusion
-from diffnorm.experiments.common import require
+from diffnorm.errors import require
 from diffnorm.training.distributed import DistInfo, dist_info
 
 log = logging.getLogger(__name__)
