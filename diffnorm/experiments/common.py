@@ -16,7 +16,9 @@ import json
 import os
 import platform
 import random
+import signal
 import sys
+import threading
 import traceback
 from collections.abc import Callable
 from importlib import metadata
@@ -177,6 +179,15 @@ def _record_failure(out: Path, err: BaseException, user_error: bool, cfg: DictCo
     return path
 
 
+def _close_progress_bars() -> None:
+    """Close the bars an interrupted job left open, so the interruption's message is the last line
+    (an open tqdm bar redraws itself when it is collected at exit)."""
+    from tqdm import tqdm
+
+    for bar in list(getattr(tqdm, "_instances", ())):
+        bar.close()
+
+
 def _remove_if_untouched(out: Path) -> None:
     """Delete a run directory that holds nothing but Hydra's own files (``.hydra/``, ``<job>.log``): a
     refused config leaves no empty run behind. A directory with anything else in it is kept."""
@@ -201,6 +212,10 @@ def run_job(job: Callable[[DictConfig, Path], Any], cfg: DictConfig) -> None:
 
     out = run_dir()
     name, multirun = _hydra_job()
+    # A job started in the background by a non-interactive shell inherits SIGINT as ignored; an explicit
+    # `kill -INT` should still stop it the way Ctrl-C does.
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     name = name or getattr(job, "__name__", "")
     token = None
     try:
@@ -208,9 +223,11 @@ def run_job(job: Callable[[DictConfig, Path], Any], cfg: DictConfig) -> None:
         token = _ACTIVE_JOB.set((name, out, config_seeds(cfg)))
         job(cfg, out)
     except TrainingInterrupted as err:
+        _close_progress_bars()
         print(f"interrupted: {err}", file=sys.stderr)
         sys.exit(err.exit_code)
     except KeyboardInterrupt:
+        _close_progress_bars()
         print(f"interrupted: Ctrl-C; what was written so far is in {out}", file=sys.stderr)
         sys.exit(TrainingInterrupted.exit_code)
     except (ConfigError, FileNotFoundError, TrainingStopped) as err:
