@@ -23,5 +23,6 @@ def bar(iterable: Iterable[Any] | None = None, *, desc: str, total: int | None =
         **kwargs: Any) -> tqdm:
     """A tqdm bar on this process's line; in a worker it is left on screen when done (its line is its own)."""
     position = bar_position()
-    return tqdm(iterable, desc=desc, total=total, disable=disable, position=position,
-                leave=position > 0 or kwargs.pop("leave", True), dynamic_ncols=True, **kwargs)
+    leave = kwargs.pop("leave", True) or position > 0
+    return tqdm(iterable, desc=desc, total=total, disable=disable, position=position, leave=leave,
+                dynamic_ncols=True, **kwargs)
