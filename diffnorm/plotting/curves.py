@@ -10,6 +10,8 @@ from typing import Any
 import matplotlib.pyplot as plt
 import numpy as np
 
+from diffnorm.plotting.style import save
+
 
 def learning_curves(path: Path, runs: Sequence[dict[str, Any]], title: str = "") -> Path:
     """PNG with 2 x 2 panels (score / success x steps / seconds), one line per run.
@@ -44,9 +46,4 @@ def learning_curves(path: Path, runs: Sequence[dict[str, Any]], title: str = "")
             axes[row, col].grid(alpha=0.3)
     axes[0, 0].legend(fontsize=8, loc="lower right")
     fig.suptitle(title)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return save(fig, path)

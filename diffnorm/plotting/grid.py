@@ -7,6 +7,8 @@ from pathlib import Path
 
 import matplotlib.pyplot as plt
 
+from diffnorm.plotting.style import save
+
 
 def image_grid(path: Path, cells: Sequence[Sequence[Path | None]], row_labels: Sequence[str],
                col_labels: Sequence[str], panel_inches: float = 4.0) -> Path:
@@ -27,9 +29,4 @@ def image_grid(path: Path, cells: Sequence[Sequence[Path | None]], row_labels: S
                 ax.set_title(col_labels[j], fontsize=12)
             if j == 0:
                 ax.set_ylabel(row_labels[i], fontsize=12)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return save(fig, path)

@@ -13,6 +13,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from diffnorm.plotting.maze import draw_maze
+from diffnorm.plotting.style import save
 
 
 def _goal(ax: plt.Axes, goal: np.ndarray) -> None:
@@ -26,11 +27,7 @@ def _plan(ax: plt.Axes, plan: np.ndarray, size: float = 5) -> None:
 
 
 def _save(fig: plt.Figure, path: Path) -> Path:
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return save(fig, path)
 
 
 def episode_grid(path: Path, maze: str, plans_xy: np.ndarray, rollouts_xy: np.ndarray, goals: np.ndarray,

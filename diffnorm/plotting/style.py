@@ -3,7 +3,11 @@ titles and legends are never cut off at the figure's edge."""
 
 from __future__ import annotations
 
+import warnings
+from pathlib import Path
+
 import matplotlib as mpl
+import matplotlib.pyplot as plt
 
 STYLE = {
     "figure.dpi": 100,
@@ -25,3 +29,17 @@ STYLE = {
 def apply() -> None:
     """Set the package's style on matplotlib's global rcParams (``diffnorm.plotting`` calls it on import)."""
     mpl.rcParams.update(STYLE)
+
+
+def save(fig: plt.Figure, path: Path) -> Path:
+    """Lay out, write ``fig`` to ``path`` (making its folder) and close it; return the path."""
+    with warnings.catch_warnings():
+        # Figures with a colorbar spanning several axes cannot be fully tight-laid-out; the tight bounding
+        # box on save still keeps every label inside the PNG.
+        warnings.filterwarnings("ignore", message=".*not compatible with tight_layout.*")
+        fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
