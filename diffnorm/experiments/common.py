@@ -228,7 +228,7 @@ def run_job(job: Callable[[DictConfig, Path], Any], cfg: DictConfig) -> None:
         sys.exit(err.exit_code)
     except KeyboardInterrupt:
         _close_progress_bars()
-        print(f"interrupted: Ctrl-C; what was written so far is in {out}", file=sys.stderr)
+        print(f"interrupted: Ctrl-C; the job stopped (run directory {out})", file=sys.stderr)
         sys.exit(TrainingInterrupted.exit_code)
     except (ConfigError, FileNotFoundError, TrainingStopped) as err:
         code = err.exit_code if isinstance(err, TrainingStopped) else 2
@@ -284,7 +284,8 @@ def composition_error(config_name: str, overrides: list[str]) -> str | None:
             return f"{group}={option} is not an option of the config group {group!r}; choose one of {err.options}"
         return " ".join(str(err).split("Config search path")[0].split())
     except OverrideParseException as err:
-        return f"cannot parse the override: {' '.join(str(err).split())} (quote list items: key='[\"a=1\",\"b=2\"]')"
+        reason = " ".join(str(err).split()).split(" See https")[0]  # Hydra appends a link to its grammar
+        return f"cannot parse the override: {reason} (quote list items: key='[\"a=1\",\"b=2\"]')"
     except ConfigCompositionException as err:
         text = " ".join(str(err).split())
         if text.startswith("Could not override '"):

@@ -132,14 +132,16 @@ CAPTIONS = {
                                    "a learned position code.",
     "leak/condition_leakage.png": "How much each plan index moves when only the goal (or start) changes, one "
                                   "forward pass. Indices that cannot see the goal move only through the norm.",
-    "leak/chain_leakage.png": "The same through the whole sampling chain, where even `none` spreads the goal step "
-                              "by step (chain leakage).",
-    "train/samples.png": "Plans sampled by each planner during training (rows: norms; columns: steps; start green, "
-                         "goal red, grey the data window). Look for plans that join their start and goal through "
-                         "free cells.",
+    "leak/chain_leakage.png": "How much the final plan moves when only the goal changes, through the whole "
+                              "sampling chain (chain leakage): every denoising step lets each index see further, so "
+                              "even `none` spreads the goal step by step.",
+    "train/samples.png": "Plans sampled by each planner during training (rows: norms; columns: the first, middle "
+                         "and last sampling step; start green, goal red, grey the data window). Look for plans that "
+                         "join their start and goal through free cells.",
     "train/*/loss.png": "Training loss of the planner with this norm.",
-    "plan/*/overview.png": "Every rollout of this planner: plans coloured from start (dark) to end (light), "
-                           "rollouts in black, the goal's reward circle in red.",
+    "plan/*/overview.png": "Every plan of this planner (left, coloured by plan step: dark start, light goal) and "
+                           "every rollout (right, one colour per episode, green dot at its start); the goal's "
+                           "reward circle in red.",
     "plan/*/episodes.png": "One panel per episode: the plan, the rollout that followed it, and the score.",
 }
 
@@ -159,6 +161,7 @@ def sample_grid(out: Path, norms: list[str]) -> Path | None:
     if not any(rows.values()):
         return None
     steps = sorted({p.stem for paths in rows.values() for p in paths})
+    steps = sorted({steps[0], steps[len(steps) // 2], steps[-1]})  # first, middle, last: legible panels
     cells = [[next((p for p in rows[n] if p.stem == s), None) for s in steps] for n in norms]
     return image_grid(out / "train" / "samples.png", cells, row_labels=norms,
                       col_labels=[f"step {int(s.removeprefix('step_'))}" for s in steps])
@@ -208,7 +211,8 @@ def write_report(path: Path, r: dict[str, Any], out: Path) -> Path:
               "the fraction on pairs (i, j) outside that window. Convolutions alone give exactly 0; a norm that "
               "pools over the whole plan (GroupNorm) gives more.",
               "- **One-pass leakage**: how much output indices that cannot see the goal move when only the goal "
-              "changes, in one network call. **Chain leakage**: the same after the whole sampling chain; every "
+              "changes, in one network call: the mean absolute change of the denoised output, in the model's "
+              "scaled units (every dimension in [-1, 1]); the table gives the largest over diffusion steps. **Chain leakage**: the same after the whole sampling chain; every "
               "denoising step widens what each index has seen, so even `none` shows it (it is not a leak).",
               "- **Probe-localized**: an index whose position a small probe reads from a layer's activations on "
               "pure-noise input better than chance (Welch's t-test, p < 0.05).",

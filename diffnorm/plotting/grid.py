@@ -11,10 +11,13 @@ from diffnorm.plotting.style import save
 
 
 def image_grid(path: Path, cells: Sequence[Sequence[Path | None]], row_labels: Sequence[str],
-               col_labels: Sequence[str], panel_inches: float = 4.0) -> Path:
+               col_labels: Sequence[str], panel_inches: float = 4.5) -> Path:
     """PNG of ``cells`` [rows][columns] (image paths; None leaves a panel empty), rows and columns labelled."""
     rows, cols = len(cells), max(len(r) for r in cells)
-    fig, axes = plt.subplots(rows, cols, figsize=(panel_inches * cols, panel_inches * rows), squeeze=False)
+    first = next(p for row in cells for p in row if p is not None)
+    height, width = plt.imread(str(first)).shape[:2]
+    aspect = width / height  # panels keep the images' shape
+    fig, axes = plt.subplots(rows, cols, figsize=(panel_inches * aspect * cols, panel_inches * rows), squeeze=False)
     for i, row in enumerate(cells):
         for j in range(cols):
             ax = axes[i, j]

@@ -56,16 +56,18 @@ def episode_grid(path: Path, maze: str, plans_xy: np.ndarray, rollouts_xy: np.nd
         ax.set_ylabel("")
         ax.tick_params(labelsize=7)
     axes.flat[0].legend(fontsize=6, loc="best")
-    _plan_key(fig, axes, plans_xy.shape[1])
     if title:
         fig.suptitle(title, fontsize=10)
-    return _save(fig, path)
+    _plan_key(fig, plans_xy.shape[1])
+    return save(fig, path, layout=False)
 
 
-def _plan_key(fig: plt.Figure, axes: np.ndarray, horizon: int) -> None:
-    """The key of the plan dots' colours: the plan step, from the start (dark) to the goal (light)."""
+def _plan_key(fig: plt.Figure, horizon: int) -> None:
+    """The key of the plan dots' colours (the plan step, from the start, dark, to the goal, light) in a
+    strip right of the panels; lays the figure out, so save it with ``layout=False``."""
+    fig.tight_layout(rect=(0.0, 0.0, 0.9, 1.0))
     mappable = plt.cm.ScalarMappable(norm=plt.Normalize(0, horizon - 1), cmap="viridis")
-    fig.colorbar(mappable, ax=axes, shrink=0.6, label="plan step (dark: start, light: goal)")
+    fig.colorbar(mappable, cax=fig.add_axes((0.92, 0.2, 0.015, 0.6)), label="plan step (dark: start, light: goal)")
 
 
 def overview(path: Path, maze: str, plans_xy: np.ndarray, rollouts_xy: np.ndarray, goals: np.ndarray,
@@ -82,7 +84,7 @@ def overview(path: Path, maze: str, plans_xy: np.ndarray, rollouts_xy: np.ndarra
     for rollout in rollouts_xy:
         right.plot(*rollout.T, lw=0.8, alpha=0.8, zorder=4)
         right.plot(*rollout[0], "o", color="tab:green", ms=4, zorder=6)
-    _plan_key(fig, np.array([left]), plans_xy.shape[1])
     if title:
         fig.suptitle(title, fontsize=10)
-    return _save(fig, path)
+    _plan_key(fig, plans_xy.shape[1])
+    return save(fig, path, layout=False)

@@ -3,7 +3,6 @@ titles and legends are never cut off at the figure's edge."""
 
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 
 import matplotlib as mpl
@@ -31,12 +30,10 @@ def apply() -> None:
     mpl.rcParams.update(STYLE)
 
 
-def save(fig: plt.Figure, path: Path) -> Path:
-    """Lay out, write ``fig`` to ``path`` (making its folder) and close it; return the path."""
-    with warnings.catch_warnings():
-        # Figures with a colorbar spanning several axes cannot be fully tight-laid-out; the tight bounding
-        # box on save still keeps every label inside the PNG.
-        warnings.filterwarnings("ignore", message=".*not compatible with tight_layout.*")
+def save(fig: plt.Figure, path: Path, layout: bool = True) -> Path:
+    """Lay out (unless the caller did, ``layout=False``), write ``fig`` to ``path`` (making its folder)
+    and close it; return the path."""
+    if layout:
         fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
