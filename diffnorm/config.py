@@ -196,7 +196,7 @@ class PlanMazeSchema:
 @dataclass
 class LearningCurveSchema:
     runs: list[str]
-    labels: dict[str, str]
+    labels: Optional[dict[str, str]]
     mode: str
     episodes: int
     seed: int
@@ -309,9 +309,19 @@ class StitchingStudySchema:
     episodes_per_task: int
     max_steps: Optional[int]
     replan_every: Optional[int]
+    replan_protocols: list[int]
+    train_data: str
     eval_seed: int
     plot_tasks: int
     device: str
+
+
+@dataclass
+class StitchingAnswerSchema:
+    studies: Optional[dict[str, str]]
+    leak_probes: Optional[dict[str, str]]
+    baseline: str
+    summary: Optional[str]
 
 
 @dataclass
@@ -457,6 +467,7 @@ SCHEMAS: dict[str, tuple[type, Callable[[dict], None] | None]] = {
     "controller_baseline": (ControllerBaselineSchema, None),
     "make_maze_dataset": (MakeMazeDatasetSchema, None),
     "stitching_study": (StitchingStudySchema, None),
+    "stitching_answer": (StitchingAnswerSchema, None),
     "study": (StudySchema, None),
 }
 

@@ -356,6 +356,16 @@ def test_hydra_composition_errors_are_one_line_and_exit_2(tmp_path, overrides, e
     assert not run.exists()
 
 
+def test_an_existing_key_that_cannot_take_the_value_is_not_called_unknown():
+    from diffnorm.experiments.common import composition_error
+
+    assert composition_error("stitching_study", ["stitch={foo: 1}"]) == (
+        "config key stitch cannot be set to that value: Key 'foo' is not in struct")
+    # Mappings given on the command line compose (their defaults are null, not a closed {}).
+    assert composition_error("learning_curve", ["labels={a: b}"]) is None
+    assert composition_error("stitching_answer", ["studies={maze2d-umaze-stitch: a/b}", "leak_probes={x: y}"]) is None
+
+
 def test_unquoted_list_overrides_name_the_quoting(tmp_path):
     proc = script("stitching_study", "train_overrides=[a=1,b=2]", f"hydra.run.dir={tmp_path / 'run'}")
     (line,) = proc.stderr.strip().splitlines()

@@ -290,7 +290,12 @@ def composition_error(config_name: str, overrides: list[str]) -> str | None:
         text = " ".join(str(err).split())
         if text.startswith("Could not override '"):
             key = text.split("'")[1]
-            return f"unknown config key {key}{_closest(key, compose_job(config_name, []))}"
+            base = compose_job(config_name, [])
+            absent = object()
+            if OmegaConf.select(base, key, default=absent) is absent:
+                return f"unknown config key {key}{_closest(key, base)}"
+            cause = str(err.__cause__ or text).strip().splitlines()[0]
+            return f"config key {key} cannot be set to that value: {cause}"
         return text
 
 

@@ -111,10 +111,10 @@ def _checkpoint_paths(cfg: DictConfig) -> list[Path]:
 def _label(loaded: LoadedDiffuser, taken: set[str]) -> str:
     norm = OmegaConf.to_container(loaded.cfg.norm, resolve=True)
     extras = ", ".join(f"{k}={v}" for k, v in norm.items() if k != "name")
-    label = f"{norm['name']} ({extras})" if extras else norm["name"]
-    n = 2
+    base = f"{norm['name']} ({extras})" if extras else norm["name"]
+    label, n = base, 2
     while label in taken:
-        label = f"{label} #{n}"
+        label = f"{base} #{n}"
         n += 1
     return label
 

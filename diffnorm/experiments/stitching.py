@@ -28,6 +28,8 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from scipy import stats
 
+from diffnorm.analysis.influence import sees_both_ends
+from diffnorm.analysis.receptive_field import receptive_field
 from diffnorm.data.d4rl_format import read_attrs
 from diffnorm.data.generate import ensure_stitch_dataset, stitch_task_cells, stitch_tasks
 from diffnorm.envs.maze2d import in_wall, make_env, maze_spec, xy_to_cell
@@ -47,6 +49,7 @@ from diffnorm.planning.rollout import evaluate_planner
 from diffnorm.plotting.planning import episode_grid
 from diffnorm.plotting.stitching import norm_bars, task_bars
 from diffnorm.probing.stats import welch_difference
+from diffnorm.training.build import build_model
 from diffnorm.training.checkpoint import load_checkpoint
 
 log = logging.getLogger(__name__)
@@ -59,7 +62,6 @@ METRICS = (("success_rate", "success rate (goal reached at any step)"),
            ("plan_connected", "t = 0 plans reaching the goal through neighbouring free cells"),
            ("plan_to_bfs_ratio", "plan cell moves (Manhattan, to the goal cell) / BFS distance"))
 _REUSE_MARKER = "study_overrides.json"
-_EVAL_MARKER = "stitch_eval_settings.json"
 
 
 def plan_path_stats(maze: str, plan_xy: np.ndarray, goal_cell: tuple[int, int], bfs_distance: int) -> dict[str, Any]:
@@ -205,14 +207,42 @@ def evaluate_on_ogbench_tasks(run: Path, maze: str, episodes_per_task: int, seed
     return metrics, arrays
 
 
-def run_trial(overrides: list[str], run: str, maze: str, episodes_per_task: int, eval_seed: int,
-              max_steps: int | None, replan_every: int | None, device: str, benchmark: str = "maze2d"
-              ) -> dict[str, Any]:
-    """Train (or reuse) one planner and evaluate it on the stitch tasks (``benchmark``: maze2d = ours,
-    ogbench = OGBench's); top-level for worker processes.
+def _evaluate_cached(out: Path, suffix: str, settings: dict[str, Any], trained_reused: bool, maze: str,
+                     device: str) -> tuple[dict[str, Any], bool]:
+    """One protocol's evaluation of the run in ``out`` (files ``stitch_eval{suffix}.json``,
+    ``stitch_rollouts{suffix}.npz``), reused when the training was and its settings match: a rerun for
+    figures or a new protocol costs seconds, not the minutes of planning rollouts."""
+    marker = out / f"stitch_eval_settings{suffix}.json"
+    eval_file, arrays_file = out / f"stitch_eval{suffix}.json", out / f"stitch_rollouts{suffix}.npz"
+    reused = bool(trained_reused and marker.is_file() and json.loads(marker.read_text()) == settings
+                  and eval_file.is_file() and arrays_file.is_file())
+    if reused:
+        return json.loads(eval_file.read_text()), True
+    marker.unlink(missing_ok=True)
+    evaluate = evaluate_on_ogbench_tasks if settings["benchmark"] == "ogbench" else evaluate_on_tasks
+    metrics, arrays = evaluate(out, maze, settings["episodes_per_task"], settings["eval_seed"], settings["max_steps"],
+                               settings["replan_every"], device)
+    np.savez_compressed(arrays_file, **arrays)
+    eval_file.write_text(json.dumps(metrics, indent=2) + "\n")
+    marker.write_text(json.dumps(settings))
+    return metrics, False
 
-    A run is reused when it finished (results.json and weights present) with the same overrides, and its
-    evaluation when that was made with the same settings."""
+
+def protocol_name(replan_every: int | None) -> str:
+    """``open_loop`` (one plan at t = 0, the Diffuser's maze2d protocol) or ``replan_<k>``."""
+    return "open_loop" if replan_every is None else f"replan_{replan_every}"
+
+
+def run_trial(overrides: list[str], run: str, maze: str, episodes_per_task: int, eval_seed: int,
+              max_steps: int | None, replan_every: int | None, device: str, benchmark: str = "maze2d",
+              extra_replans: tuple[int, ...] = ()) -> dict[str, Any]:
+    """Train (or reuse) one planner and evaluate it on the stitch tasks (``benchmark``: maze2d = ours,
+    ogbench = OGBench's) with the study's protocol (``replan_every``) and each of ``extra_replans``;
+    top-level for worker processes.
+
+    A run is reused when it finished (results.json and weights present) with the same overrides, and each
+    evaluation when it was made with the same settings. Returns the main protocol's metrics with the
+    others under ``extra_protocols`` (by ``protocol_name``)."""
 
     out = Path(run)
     marker = out / _REUSE_MARKER
@@ -225,25 +255,18 @@ def run_trial(overrides: list[str], run: str, maze: str, episodes_per_task: int,
         marker.unlink(missing_ok=True)
         training = train_diffuser(compose_job("train_diffuser", overrides), out)
         marker.write_text(json.dumps(overrides))
-    # An evaluation is reused too when the training was and its settings match (a rerun for figures or
-    # references costs seconds, not the minutes of planning rollouts).
-    settings = {"benchmark": benchmark, "episodes_per_task": episodes_per_task, "eval_seed": eval_seed,
-                "max_steps": max_steps, "replan_every": replan_every}
-    eval_marker, eval_file, arrays_file = out / _EVAL_MARKER, out / "stitch_eval.json", out / "stitch_rollouts.npz"
-    eval_reused = bool(reused and eval_marker.is_file() and json.loads(eval_marker.read_text()) == settings
-                       and eval_file.is_file() and arrays_file.is_file())
-    if eval_reused:
-        metrics = json.loads(eval_file.read_text())
-    else:
-        eval_marker.unlink(missing_ok=True)
-        evaluate = evaluate_on_ogbench_tasks if benchmark == "ogbench" else evaluate_on_tasks
-        metrics, arrays = evaluate(out, maze, episodes_per_task, eval_seed, max_steps, replan_every, device)
-        np.savez_compressed(arrays_file, **arrays)
-        eval_file.write_text(json.dumps(metrics, indent=2) + "\n")
-        eval_marker.write_text(json.dumps(settings))
+
+    def settings(replan: int | None) -> dict[str, Any]:
+        return {"benchmark": benchmark, "episodes_per_task": episodes_per_task, "eval_seed": eval_seed,
+                "max_steps": max_steps, "replan_every": replan}
+
+    metrics, eval_reused = _evaluate_cached(out, "", settings(replan_every), reused, maze, device)
+    extra = {}
+    for k in extra_replans:
+        extra[protocol_name(k)], _ = _evaluate_cached(out, f"_replan{k}", settings(k), reused, maze, device)
     kept = ("final_loss", "steps", "wall_time_s", "parameters", "n_windows")
     return {"evaluation_reused": eval_reused, "training": {"reused": reused, **{k: training.get(k) for k in kept}},
-            **metrics}
+            **metrics, "extra_protocols": extra}
 
 
 def _validate(cfg: DictConfig) -> tuple[list[str], list[int]]:
@@ -429,9 +452,19 @@ def stitching_study(cfg: DictConfig, out: Path) -> dict[str, Any]:
             "so plans are followed by the kinematic PlanFollower ('kinematic')")
     benchmark = "maze2d" if og is None else "ogbench"
     title = f"{maze} stitch tasks" if og is None else f"OGBench {og.env} tasks"
+    train_data = str(cfg.train_data)
+    require(train_data in ("stitch", "full"), f"train_data={train_data}: choose stitch (the study) or full "
+            "(the ceiling control: the env's whole-path dataset, the same tasks)")
+    extra_replans = tuple(int(k) for k in cfg.replan_protocols)
+    require(all(k >= 1 for k in extra_replans) and len(set(extra_replans)) == len(extra_replans),
+            f"replan_protocols={list(extra_replans)} must be distinct positive step counts")
+    left, right = receptive_field(build_model(probe))
+    reach = {"receptive_field": [left, right], "beyond_rf": horizon - 1 > min(left, right),
+             "sees_both_ends": sees_both_ends(left, right, horizon)}
 
     tic = time.perf_counter()
-    data_path, data_info = _stitch_data(cfg, probe, resolve_path(str(cfg.data_dir)))
+    data_dir = resolve_path(str(cfg.data_dir))
+    data_path, data_info = _stitch_data(cfg, probe, data_dir)
     timings = {"data": round(time.perf_counter() - tic, 1)}
     log.info("stitch dataset %s (check passed: %s)", data_path, data_info["stitch_check_passed"])
 
@@ -441,15 +474,21 @@ def stitching_study(cfg: DictConfig, out: Path) -> dict[str, Any]:
     # null: maze2d's published open loop; OGBench's follower replans as its env config says.
     replan = cfg.replan_every if cfg.replan_every is not None or og is None else og.replan_every
     replan = None if replan is None else int(replan)
-    jobs = [{"overrides": env_override + train_overrides + [f"norm={n}", f"seed={s}", f"dataset={data_path}"],
+    # The ceiling control trains on the env's own dataset (train_diffuser's default), where whole paths exist.
+    dataset = [f"dataset={data_path}"] if train_data == "stitch" else [f"data_dir={data_dir}"]
+    jobs = [{"overrides": env_override + train_overrides + [f"norm={n}", f"seed={s}"] + dataset,
              "run": str(runs_dir / n / f"seed{s}"), "maze": maze, "episodes_per_task": int(cfg.episodes_per_task),
              "eval_seed": int(cfg.eval_seed), "max_steps": max_steps, "replan_every": replan,
-             "device": str(cfg.device), "benchmark": benchmark} for n, s in grid]
+             "device": str(cfg.device), "benchmark": benchmark, "extra_replans": extra_replans} for n, s in grid]
     tic = time.perf_counter()
     trials = map_trials(run_trial, jobs, int(cfg.workers), "train + evaluate")
     timings["train_and_evaluate"] = round(time.perf_counter() - tic, 1)
     runs: dict[str, dict[int, dict[str, Any]]] = {n: {} for n in norms}
+    extra: dict[str, dict[str, dict[int, dict[str, Any]]]] = {protocol_name(k): {n: {} for n in norms}
+                                                               for k in extra_replans}
     for (n, s), trial in zip(grid, trials):
+        for name, metrics in trial.pop("extra_protocols").items():
+            extra[name][n][s] = metrics
         runs[n][s] = trial
 
     references = None
@@ -463,10 +502,21 @@ def stitching_study(cfg: DictConfig, out: Path) -> dict[str, Any]:
     task_summary = summarize_tasks(runs, baseline)
     figures = _figures(out, title, maze, norms, seeds[0], runs_dir, summary, task_summary, baseline,
                        int(cfg.plot_tasks), int(cfg.episodes_per_task), references)
+    protocols = {}
+    for k, name in zip(extra_replans, extra):
+        p_summary, p_comparisons = summarize(extra[name], baseline)
+        protocols[name] = {"replan_every": k, "summary": p_summary, "comparison_vs_baseline": p_comparisons,
+                           "per_task": summarize_tasks(extra[name], baseline),
+                           "runs": {n: {str(s): {key: v for key, v in r.items() if key != "per_episode"}
+                                        for s, r in by.items()} for n, by in extra[name].items()}}
+        figures[f"success_{name}_png"] = norm_bars(
+            out / f"success_{name}.png", p_summary, [("success_rate", "success rate")], baseline,
+            title=f"{title}, replanning every {k} steps: success per norm (mean over seeds, 95% CI)")
     timings["total"] = round(time.perf_counter() - start, 1)
     results = {
         "settings": OmegaConf.to_container(cfg, resolve=True), "env": maze, "benchmark": benchmark,
-        "ogbench_env": None if og is None else str(og.env), "horizon": horizon, "replan_every": replan,
+        "ogbench_env": None if og is None else str(og.env), "horizon": horizon, **reach,
+        "train_data": train_data, "protocol": protocol_name(replan), "replan_every": replan,
         "norms": norms, "seeds": seeds, "baseline": baseline, "torch_threads": torch.get_num_threads(),
         "metric_definitions": dict(METRICS),
         "dataset": data_info,
@@ -476,6 +526,7 @@ def stitching_study(cfg: DictConfig, out: Path) -> dict[str, Any]:
         "comparison_vs_baseline": comparisons,
         "per_task": task_summary,
         "references": references,
+        "protocols": protocols,
         "figures": figures,
         "wall_time_s": timings,
     }
@@ -489,6 +540,11 @@ def stitching_study(cfg: DictConfig, out: Path) -> dict[str, Any]:
         line += "; per task " + ", ".join(f"{t.get('task_id', k)}: {t['success_rate'][n]['mean']:.0%}"
                                           for k, t in enumerate(task_summary))
         print(line)
+    for name, p in protocols.items():
+        sr = p["summary"]
+        print(f"{title}, {name}: " + ", ".join(f"{n} {sr[n]['success_rate']['mean']:.0%}" for n in norms))
+    print(f"horizon {horizon}, receptive field {left}/{right}: "
+          + ("some plan indices lie beyond it" if reach["beyond_rf"] else "every index sees the whole plan"))
     for name, ref in (references or {}).items():
         print(f"{title}, reference {name}: success {ref['success_rate']:.0%}; per task "
               + ", ".join(f"{t['task_id']}: {t['success_rate']:.0%}" for t in ref["per_task"]))
