@@ -184,6 +184,7 @@ class PlanMazeSchema:
     episodes: int
     seed: int
     replan_every: Optional[int]
+    replan_off_plan: Optional[float]
     max_steps: Optional[int]
     sampler: Optional[str]
     num_steps: Optional[int]
@@ -308,8 +309,8 @@ class StitchingStudySchema:
     data_dir: str
     episodes_per_task: int
     max_steps: Optional[int]
-    replan_every: Optional[int]
-    replan_protocols: list[int]
+    protocol: Optional[str]
+    protocols: list[str]
     train_data: str
     eval_seed: int
     plot_tasks: int
@@ -443,7 +444,7 @@ def _check_localization(cfg: dict) -> None:
 
 
 def _check_learning_curve(cfg: dict) -> None:
-    _check_plan_maze({**cfg, "replan_every": None, "max_steps": None})
+    _check_plan_maze({**cfg, "replan_every": None, "replan_off_plan": None, "max_steps": None})
     if cfg["final_multi_episodes"] < 0:
         raise ConfigError(f"final_multi_episodes={cfg['final_multi_episodes']} must be >= 0 (0 = skip)")
 

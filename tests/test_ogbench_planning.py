@@ -107,7 +107,7 @@ def test_env_config_trains_and_the_study_reports_per_task_success(tmp_path):
     listing = "[" + ",".join(f"'{v}'" for v in TRAIN) + "]"
     study = compose_job("stitching_study", ["env=ogbench_pointmaze_medium", f"train_overrides={listing}",
                                             "norms=[group,none]", "seeds=[0,1]", "workers=1", "episodes_per_task=1",
-                                            "max_steps=20", "replan_every=10", "stitch.episodes=8",
+                                            "max_steps=20", "protocol=replan_10", "protocols=[]", "stitch.episodes=8",
                                             f"data_dir={data_dir}"])
     out = tmp_path / "study"
     results = stitching_study(study, out)

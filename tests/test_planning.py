@@ -21,6 +21,7 @@ from diffnorm.planning import (
     rollout_metrics,
     run_episodes,
 )
+from diffnorm.planning.rollout import OFF_PLAN_COOLDOWN, Protocol
 from diffnorm.training.checkpoint import CONFIG, load_checkpoint
 
 UMAZE = "maze2d-umaze"
@@ -36,6 +37,13 @@ def test_controller_is_position_plus_velocity_error_clipped():
     target = np.array([[1.3, 1.9, 0.4, -0.1], [3.0, -2.0, 0.5, 0.0]])
     # (0.3 + 0.3, -0.1 + 0.1) and (2 + 0.5, -3 + 0) -> clipped to [-1, 1]
     np.testing.assert_allclose(controller_action(target, state), [[0.6, 0.0], [1.0, -1.0]], atol=1e-12)
+
+
+def test_plan_target_takes_one_index_per_episode():
+    plans = np.arange(2 * 3 * 4, dtype=float).reshape(2, 3, 4)
+    target = plan_target(plans, np.array([0, 2]))  # episode 1's plan is used up: its end, at rest
+    np.testing.assert_array_equal(target[0], plans[0, 1])
+    np.testing.assert_array_equal(target[1], [*plans[1, -1, :2], 0.0, 0.0])
 
 
 def test_plan_target_is_the_next_state_then_the_last_state_at_rest():
@@ -115,6 +123,48 @@ def test_replanning_queries_the_current_states_every_k_steps():
         np.testing.assert_array_equal(starts, rollouts.states[:, t])
         np.testing.assert_array_equal(goals, [[1.0, 1.0], [3.0, 1.0]])
     assert rollouts.rewards.shape == (2, 100) and rollouts.states.shape == (2, 101, 4)
+
+
+def test_off_plan_replanning_replans_only_the_episode_its_plan_left_behind():
+    good = corridor_plan()  # along the open top corridor: the agent keeps up
+    cut = corridor_plan(start=(1.0, 1.0), end=(3.0, 1.0))  # straight through the wall block (2, 1): it cannot
+
+    class TwoPlans:
+        def __init__(self):
+            self.queries = []
+
+        def __call__(self, start_obs, goal_xy):  # both at t = 0; later only the stranded episode asks
+            self.queries.append(start_obs.copy())
+            return np.stack([good, cut]) if len(start_obs) == 2 else np.repeat(cut[None], len(start_obs), axis=0)
+
+    planner = TwoPlans()
+    resets = [(0, {"start_xy": good[0, :2]}), (1, {"start_xy": cut[0, :2], "goal_xy": (3.0, 1.0)})]
+    r = run_episodes(planner, UMAZE, resets, replan_off_plan=0.5, max_steps=60)
+    assert r.plan_steps[0] == 0 and len(r.plan_steps) >= 2 and r.plan_steps[1] >= OFF_PLAN_COOLDOWN
+    assert not any(mask[0] for mask in r.replanned[1:]), "the episode on its plan keeps it"
+    assert all(mask[1] for mask in r.replanned), "the stranded one is replanned from where it is"
+    t = r.plan_steps[1]
+    planned = cut[min(t, len(cut) - 1), :2]
+    assert np.linalg.norm(r.states[1, t, :2] - planned) > 0.5  # it was off its plan when replanned
+    np.testing.assert_array_equal(planner.queries[1], r.states[1:, t])  # planned for the stranded one only
+    m = rollout_metrics(UMAZE, r)
+    assert m["per_episode"][0]["plans_made"] == 1 and m["per_episode"][1]["plans_made"] == len(r.plan_steps)
+    # The open loop on the same plans: one round only, the stranded episode never replanned.
+    assert run_episodes(TwoPlans(), UMAZE, resets, max_steps=60).plan_steps == [0]
+
+
+@pytest.mark.parametrize("name,every,off", [("open_loop", None, None), ("replan_16", 16, None),
+                                            ("off_plan_1", None, 1.0), ("replan_32+off_plan_0.5", 32, 0.5)])
+def test_protocol_names_round_trip(name, every, off):
+    protocol = Protocol.parse(name)
+    assert (protocol.replan_every, protocol.replan_off_plan) == (every, off) and protocol.name == name
+    assert Protocol(every, off).name == name
+
+
+@pytest.mark.parametrize("name", ["closed", "replan_x", "off_plan_-1", "replan_0", "replan_4+replan_8"])
+def test_bad_protocol_names_raise_config_error(name):
+    with pytest.raises(ConfigError):
+        Protocol.parse(name)
 
 
 def test_wall_fraction_counts_planted_states_in_walls():
@@ -233,6 +283,12 @@ def test_plan_maze_job_multi_task_with_replanning(checkpoint, tmp_path):
         assert (tmp_path / name).stat().st_size > 10_000
     with np.load(tmp_path / "rollouts.npz") as npz:
         assert npz["states"].shape == (3, 26, 4) and npz["first_plans"].shape == (3, 32, 4)
+    # Replanning only the episodes their plans left behind: the rounds after t = 0 plan for some of them.
+    cfg = compose(f"checkpoint={checkpoint}", "episodes=3", "mode=multi", "replan_off_plan=0.05", "max_steps=25",
+                  "sampler=ddim", "num_steps=2", "plot_episodes=2", "progress=false")
+    res = plan_maze(cfg, tmp_path / "off_plan")
+    assert res["replan_off_plan"] == 0.05 and res["plan_steps"][0] == 0
+    assert 1 <= res["plans_per_episode"] and sum(e["plans_made"] for e in res["per_episode"]) >= 3
 
 
 def test_script_smoke_run(script, checkpoint, tmp_path):
@@ -250,6 +306,7 @@ def test_script_smoke_run(script, checkpoint, tmp_path):
     (["episodes=0"], "episodes=0 must be a positive integer"),
     (["mode=both"], "mode='both' is unknown"),
     (["replan_every=0"], "replan_every=0 must be null or >= 1"),
+    (["replan_off_plan=0"], "replan_off_plan=0.0 must be null or a positive distance"),
     (["sampler=euler"], "sampler='euler' is unknown"),
 ])
 def test_bad_settings_raise_config_error(checkpoint, tmp_path, overrides, message):

@@ -32,7 +32,7 @@ def study_and_leak(tmp_path_factory):
     listing = "[" + ",".join(f"'{v}'" for v in TRAIN) + "]"
     cfg = compose_job("stitching_study", [f"train_overrides={listing}", "norms=[group,none]", "seeds=[0,1,2,3]",
                                           "workers=1", "episodes_per_task=1", "max_steps=10", "stitch.episodes=40",
-                                          f"data_dir={root / 'data'}", "replan_protocols=[4]"])
+                                          f"data_dir={root / 'data'}", "protocols=[replan_4]"])
     study = root / "study"
     stitching_study(cfg, study)
     runs = ",".join(str(study / "runs" / n / f"seed{s}") for n in ("none", "group") for s in range(4))
@@ -50,7 +50,7 @@ def test_answer_summary_contract_and_leak(study_and_leak, script):
                   f"summary={summary}", run_dir=run)
     assert proc.returncode == 0, proc.stderr[-3000:]
     written = json.loads(summary.read_text())
-    assert set(written) == {"some-other-benchmark", "tiny-stitch", "tiny-stitch-replan4"}
+    assert set(written) == {"some-other-benchmark", "tiny-stitch", "tiny-stitch-replan_4"}
     entry = written["tiny-stitch"]
     assert set(entry) == {"group", "none", "horizon", "receptive_field", "beyond_rf"}
     assert entry["horizon"] == 96 and entry["receptive_field"] == [33, 32] and entry["beyond_rf"] is True
@@ -64,7 +64,7 @@ def test_answer_summary_contract_and_leak(study_and_leak, script):
     assert entry["none"]["diff_vs_none"] == 0.0 and entry["none"]["diff_ci95"] == [0.0, 0.0]
     welch = study_res["comparison_vs_baseline"]["group"]["success_rate"]
     assert entry["group"]["diff_vs_none"] == welch["difference"] and entry["group"]["diff_ci95"] == [welch["ci_low"], welch["ci_high"]]
-    replan = written["tiny-stitch-replan4"]["none"]
+    replan = written["tiny-stitch-replan_4"]["none"]
     assert replan["success_mean"] == pytest.approx(study_res["protocols"]["replan_4"]["summary"]["none"]["success_rate"]["mean"])
 
     res = load_results(run)

@@ -23,7 +23,7 @@ def _tiny(tmp_path, *extra: str) -> list[str]:
 
 def test_stitching_study_writes_results_cis_and_figures(script, tmp_path):
     run = tmp_path / "run"
-    proc = script("stitching_study", *_tiny(tmp_path, "replan_protocols=[4]"), run_dir=run)
+    proc = script("stitching_study", *_tiny(tmp_path, "protocols=[open_loop,replan_4]"), run_dir=run)
     assert proc.returncode == 0, proc.stderr[-3000:]
     res = load_results(run)
     assert res["env"] == "maze2d-umaze" and res["baseline"] == "none"
@@ -39,19 +39,23 @@ def test_stitching_study_writes_results_cis_and_figures(script, tmp_path):
         welch = res["comparison_vs_baseline"]["group"][key]
         assert welch["ci_low"] <= welch["difference"] <= welch["ci_high"]
     assert "none" not in res["comparison_vs_baseline"]
-    for name in ("plans_group.png", "plans_none.png", "success.png", "plan_quality.png", "success_replan_4.png"):
+    for name in ("plans_group.png", "plans_none.png", "success.png", "plan_quality.png", "success_replan_4.png", "success_open_loop.png"):
         assert (run / name).stat().st_size > 0
     # Three levels of kernel 5 reach 147 / 144 steps (the published network's field at any width): a 32-step
     # plan is seen whole by every index.
     assert res["horizon"] == 32 and res["receptive_field"] == [147, 144] and not res["beyond_rf"]
-    assert res["sees_both_ends"]["count"] == 32 and res["protocol"] == "open_loop" and res["train_data"] == "stitch"
-    # The second protocol: the same planners replanning every 4 steps, summarized like the first.
+    assert res["sees_both_ends"]["count"] == 32 and res["train_data"] == "stitch"
+    assert res["protocol"] == "off_plan_1" and res["replan_off_plan"] == 1.0  # maze2d's default
+    # More protocols on the same planners, summarized like the main one.
+    assert set(res["protocols"]) == {"open_loop", "replan_4"}
     replan = res["protocols"]["replan_4"]
-    assert replan["replan_every"] == 4 and set(replan["summary"]) == {"group", "none"}
+    assert replan["protocol"] == "replan_4" and set(replan["summary"]) == {"group", "none"}
     assert replan["runs"]["none"]["1"]["episodes"] == 2 and "difference" in replan["comparison_vs_baseline"]["group"]["success_rate"]
-    assert (run / "runs" / "none" / "seed1" / "stitch_eval_replan4.json").is_file()
+    assert replan["runs"]["none"]["1"]["plans_per_episode"] == 3  # t = 0, 4, 8 of 10 steps
+    assert res["protocols"]["open_loop"]["runs"]["none"]["1"]["plans_per_episode"] == 1
+    assert (run / "runs" / "none" / "seed1" / "stitch_eval_replan_4.json").is_file()
     # Same run directory again: the finished trainings are reused, only the evaluation runs.
-    proc = script("stitching_study", *_tiny(tmp_path, "replan_protocols=[4]"), run_dir=run)
+    proc = script("stitching_study", *_tiny(tmp_path, "protocols=[open_loop,replan_4]"), run_dir=run)
     assert proc.returncode == 0, proc.stderr[-3000:]
     again = [r for by in load_results(run)["runs"].values() for r in by.values()]
     assert all(r["training"]["reused"] and r["evaluation_reused"] for r in again)
@@ -80,10 +84,18 @@ def test_unknown_norm_is_one_line_error(script, tmp_path):
 @pytest.mark.parametrize(("override", "message"), [
     ("seeds=[]", "at least two seeds"), ("seeds=[0,0]", "distinct integers"), ("norms=[group]", "two distinct"),
     ("baseline=channel", "baseline=channel must be one of"), ("stitch.episode_steps=16", "shorter than the training"),
-    ("train_data=whole", "choose stitch"), ("replan_protocols=[0]", "distinct positive")])
+    ("train_data=whole", "choose stitch"), ("protocols=[replan_0]", "must be null or >= 1"),
+    ("protocols=[often]", "is not one of open_loop"), ("protocols=[off_plan_1]", "repeat each other")])
 def test_bad_input_raises_config_error(tmp_path, override, message):
     cfg = compose_job("stitching_study", _tiny(tmp_path, override))
     with pytest.raises(ConfigError, match=re.escape(message)):
+        stitching_study(cfg, tmp_path / "run")
+    assert not (tmp_path / "data").exists()
+
+
+def test_ogbench_refuses_off_plan_replanning(tmp_path):
+    cfg = compose_job("stitching_study", _tiny(tmp_path, "env=ogbench_pointmaze_medium", "protocol=off_plan_0.5"))
+    with pytest.raises(ConfigError, match=re.escape("['off_plan_0.5']: OGBench's kinematic follower replans only")):
         stitching_study(cfg, tmp_path / "run")
     assert not (tmp_path / "data").exists()
 

@@ -36,7 +36,9 @@ def _figures(out: Path, evaluation: Evaluation, title: str, plot_episodes: int) 
     r, m = evaluation.rollouts, evaluation.metrics
     env = m["env"]
     first = r.plans[0][..., :2]
-    replans = np.stack(r.plans[1:])[..., :2] if len(r.plans) > 1 else None
+    # Later rounds' new plans; an episode that kept its plan in a round is NaN there (not drawn).
+    replans = (np.where(np.stack(r.replanned[1:])[..., None, None], np.stack(r.plans[1:])[..., :2], np.nan)
+               if len(r.plans) > 1 else None)
     labels = [f"ep {k}: score {e['score']:.0f}, {'reached' if e['success'] else 'missed'}"
               for k, e in enumerate(m["per_episode"])]
     files = {"overview_png": overview(out / "overview.png", env, first, r.states[..., :2], r.goals, title=title)}
@@ -62,7 +64,8 @@ def plan_maze(cfg: DictConfig, out: Path) -> dict[str, Any]:
     evaluation = evaluate_planner(loaded, episodes=episodes, mode=str(cfg.mode), seed=int(cfg.seed),
                                   replan_every=_optional_int(cfg, "replan_every"), sampler=cfg.get("sampler"),
                                   num_steps=_optional_int(cfg, "num_steps"), max_steps=_optional_int(cfg, "max_steps"),
-                                  progress=bool(cfg.progress))
+                                  progress=bool(cfg.progress),
+                                  replan_off_plan=None if cfg.replan_off_plan is None else float(cfg.replan_off_plan))
     m = evaluation.metrics
     title = (f"{m['env']} {m['mode']}-task, norm={norm['name']}, {m['sampler']} x{m['num_steps']}: "
              f"score {m['score_mean']:.1f} ± {m['score_sem']:.1f}")

@@ -45,7 +45,7 @@ from diffnorm.experiments.parallel import map_trials
 from diffnorm.models.norms import NORM_LAYERS
 from diffnorm.planning.kinematic import PlanFollower, evaluate_ogbench_planner, plans_in_wall_fraction
 from diffnorm.planning.planner import GoalOnlyPlanner
-from diffnorm.planning.rollout import evaluate_planner
+from diffnorm.planning.rollout import Protocol, evaluate_planner
 from diffnorm.plotting.planning import episode_grid
 from diffnorm.plotting.stitching import norm_bars, task_bars
 from diffnorm.probing.stats import welch_difference
@@ -105,8 +105,9 @@ def _plan_path_means(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def evaluate_on_tasks(run: Path, maze: str, episodes_per_task: int, seed: int, max_steps: int | None,
-                      replan_every: int | None, device: str = "cpu") -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-    """Plan every stitch task of ``maze`` ``episodes_per_task`` times with the run's EMA model.
+                      protocol: Protocol, device: str = "cpu") -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """Plan every stitch task of ``maze`` ``episodes_per_task`` times with the run's EMA model, planning as
+    ``protocol`` says.
 
     Returns (metrics, arrays for figures). The D4RL-normalized score is reported only at the env's own
     episode length: its reference returns were measured over that many steps.
@@ -117,7 +118,8 @@ def evaluate_on_tasks(run: Path, maze: str, episodes_per_task: int, seed: int, m
     starts = np.repeat(np.stack([s for s, _ in tasks]), episodes_per_task, axis=0)
     goals = np.repeat(np.stack([g for _, g in tasks]), episodes_per_task, axis=0)
     evaluation = evaluate_planner(loaded, episodes=len(starts), mode="single", seed=seed, starts=starts,
-                                  goals=goals, max_steps=max_steps, replan_every=replan_every)
+                                  goals=goals, max_steps=max_steps, replan_every=protocol.replan_every,
+                                  replan_off_plan=protocol.replan_off_plan)
     m, r = evaluation.metrics, evaluation.rollouts
     env = make_env(maze)
     full_length = m["steps"] == int(env.spec.max_episode_steps)
@@ -140,24 +142,31 @@ def evaluate_on_tasks(run: Path, maze: str, episodes_per_task: int, seed: int, m
         "checkpoint_step": loaded.step, "episodes": m["episodes"], "steps": m["steps"],
         "score_applies": full_length, "success_rate": m["success_rate"], "success_rate_final": m["success_rate_final"],
         "score_mean": m["score_mean"] if full_length else None, "score_sem": m["score_sem"] if full_length else None,
+        "protocol": protocol.name, "plans_per_episode": m["plans_per_episode"],
         "plan_in_wall_fraction": m["plan_in_wall_fraction"], "plans_touching_walls": m["plans_touching_walls"],
         **_path_means(per_episode),
         "plan_goal_jump_mean": m["plan_goal_jump_mean"], "rollout_seconds": m["rollout_seconds"],
         "per_task": per_task, "per_episode": per_episode,
     }
-    arrays = {"plans_xy": r.plans[0][..., :2].astype(np.float32), "states_xy": r.states[..., :2].astype(np.float32),
+    # Every round's new plans (NaN for the episodes that kept theirs), for the figures' grey later plans.
+    replans = np.where(np.stack(r.replanned)[..., None, None], np.stack(r.plans)[..., :2], np.nan)
+    arrays = {"plans_xy": r.plans[0][..., :2].astype(np.float32), "replans_xy": replans.astype(np.float32),
+              "states_xy": r.states[..., :2].astype(np.float32),
               "goals": r.goals, "success": np.array([e["success"] for e in per_episode])}
     return metrics, arrays
 
 
 def evaluate_on_ogbench_tasks(run: Path, maze: str, episodes_per_task: int, seed: int, max_steps: int | None,
-                              replan_every: int | None, device: str = "cpu"
+                              protocol: Protocol, device: str = "cpu"
                               ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """Run OGBench's fixed tasks of ``maze`` ``episodes_per_task`` times each with the run's EMA model,
     scored by OGBench's own ``info["success"]``; (metrics, arrays) shaped as ``evaluate_on_tasks``'s.
 
     An episode ends at the goal, so success at any step and at the last step coincide and only
     ``success_rate`` is reported; OGBench has no D4RL score. The plan measures use the t = 0 plan."""
+    require(protocol.replan_off_plan is None, f"protocol {protocol.name}: OGBench's kinematic follower replans "
+            "only every k steps (open_loop or replan_<k>)")
+    replan_every = protocol.replan_every
     loaded = load_checkpoint(run, resolve_device(device))
     tic = time.perf_counter()
     ev = evaluate_ogbench_planner(loaded, maze, episodes_per_task=episodes_per_task, seed=seed,
@@ -186,7 +195,7 @@ def evaluate_on_ogbench_tasks(run: Path, maze: str, episodes_per_task: int, seed
                          **_plan_path_means(rows)})
     metrics = {
         "checkpoint_step": loaded.step, "benchmark": res["env"], "episodes": len(steps), "steps": int(steps.max()),
-        "replan_every": replan_every, "score_applies": False, "success_rate": res["success_rate"],
+        "protocol": protocol.name, "replan_every": replan_every, "score_applies": False, "success_rate": res["success_rate"],
         "success_rate_final": None, "score_mean": None, "score_sem": None,
         "plan_in_wall_fraction": float(walls.mean()),
         "plans_touching_walls": float(in_wall(maze, first).any(axis=-1).mean()),
@@ -221,28 +230,23 @@ def _evaluate_cached(out: Path, suffix: str, settings: dict[str, Any], trained_r
     marker.unlink(missing_ok=True)
     evaluate = evaluate_on_ogbench_tasks if settings["benchmark"] == "ogbench" else evaluate_on_tasks
     metrics, arrays = evaluate(out, maze, settings["episodes_per_task"], settings["eval_seed"], settings["max_steps"],
-                               settings["replan_every"], device)
+                               Protocol.parse(settings["protocol"]), device)
     np.savez_compressed(arrays_file, **arrays)
     eval_file.write_text(json.dumps(metrics, indent=2) + "\n")
     marker.write_text(json.dumps(settings))
     return metrics, False
 
 
-def protocol_name(replan_every: int | None) -> str:
-    """``open_loop`` (one plan at t = 0, the Diffuser's maze2d protocol) or ``replan_<k>``."""
-    return "open_loop" if replan_every is None else f"replan_{replan_every}"
-
-
 def run_trial(overrides: list[str], run: str, maze: str, episodes_per_task: int, eval_seed: int,
-              max_steps: int | None, replan_every: int | None, device: str, benchmark: str = "maze2d",
-              extra_replans: tuple[int, ...] = ()) -> dict[str, Any]:
+              max_steps: int | None, protocol: str, device: str, benchmark: str = "maze2d",
+              extra_protocols: tuple[str, ...] = ()) -> dict[str, Any]:
     """Train (or reuse) one planner and evaluate it on the stitch tasks (``benchmark``: maze2d = ours,
-    ogbench = OGBench's) with the study's protocol (``replan_every``) and each of ``extra_replans``;
+    ogbench = OGBench's) with the study's ``protocol`` and each of ``extra_protocols`` (``Protocol`` names);
     top-level for worker processes.
 
     A run is reused when it finished (results.json and weights present) with the same overrides, and each
     evaluation when it was made with the same settings. Returns the main protocol's metrics with the
-    others under ``extra_protocols`` (by ``protocol_name``)."""
+    others under ``extra_protocols`` (by name)."""
 
     out = Path(run)
     marker = out / _REUSE_MARKER
@@ -256,14 +260,14 @@ def run_trial(overrides: list[str], run: str, maze: str, episodes_per_task: int,
         training = train_diffuser(compose_job("train_diffuser", overrides), out)
         marker.write_text(json.dumps(overrides))
 
-    def settings(replan: int | None) -> dict[str, Any]:
+    def settings(name: str) -> dict[str, Any]:
         return {"benchmark": benchmark, "episodes_per_task": episodes_per_task, "eval_seed": eval_seed,
-                "max_steps": max_steps, "replan_every": replan}
+                "max_steps": max_steps, "protocol": name}
 
-    metrics, eval_reused = _evaluate_cached(out, "", settings(replan_every), reused, maze, device)
+    metrics, eval_reused = _evaluate_cached(out, "", settings(protocol), reused, maze, device)
     extra = {}
-    for k in extra_replans:
-        extra[protocol_name(k)], _ = _evaluate_cached(out, f"_replan{k}", settings(k), reused, maze, device)
+    for name in extra_protocols:
+        extra[name], _ = _evaluate_cached(out, f"_{name}", settings(name), reused, maze, device)
     kept = ("final_loss", "steps", "wall_time_s", "parameters", "n_windows")
     return {"evaluation_reused": eval_reused, "training": {"reused": reused, **{k: training.get(k) for k in kept}},
             **metrics, "extra_protocols": extra}
@@ -394,6 +398,7 @@ def env_option(cfg: DictConfig) -> str:
 
 def ogbench_references(maze: str, episodes_per_task: int, seed: int, max_steps: int | None,
                        replan_every: int | None) -> dict[str, Any]:
+
     """Per-task success of two policies on the same OGBench episodes as the planners: the floor
     (``GoalOnlyPlanner`` followed kinematically: straight at the goal, sliding along walls) and the
     ceiling (OGBench's BFS oracle). A task the floor solves does not need a planner, let alone stitching."""
@@ -455,9 +460,21 @@ def stitching_study(cfg: DictConfig, out: Path) -> dict[str, Any]:
     train_data = str(cfg.train_data)
     require(train_data in ("stitch", "full"), f"train_data={train_data}: choose stitch (the study) or full "
             "(the ceiling control: the env's whole-path dataset, the same tasks)")
-    extra_replans = tuple(int(k) for k in cfg.replan_protocols)
-    require(all(k >= 1 for k in extra_replans) and len(set(extra_replans)) == len(extra_replans),
-            f"replan_protocols={list(extra_replans)} must be distinct positive step counts")
+    # null: maze2d replans an episode its plan has left behind (the ceiling needs it: an open-loop plan
+    # that cuts a corner strands the agent on the wall); OGBench's follower replans as its env config says.
+    if cfg.protocol is not None:
+        protocol = Protocol.parse(str(cfg.protocol))
+    else:
+        protocol = Protocol(replan_off_plan=1.0) if og is None else Protocol(
+            None if og.replan_every is None else int(og.replan_every))
+    extra = [Protocol.parse(str(name)) for name in cfg.protocols]
+    names = [protocol.name] + [p.name for p in extra]
+    require(len(set(names)) == len(names), f"protocols={list(cfg.protocols)} repeat each other or the main "
+            f"protocol {protocol.name}")
+    if og is not None:
+        off = [p.name for p in [protocol, *extra] if p.replan_off_plan is not None]
+        require(not off, f"protocol(s) {off}: OGBench's kinematic follower replans only every k steps "
+                "(open_loop or replan_<k>)")
     left, right = receptive_field(build_model(probe))
     reach = {"receptive_field": [left, right], "beyond_rf": horizon - 1 > min(left, right),
              "sees_both_ends": sees_both_ends(left, right, horizon)}
@@ -471,30 +488,28 @@ def stitching_study(cfg: DictConfig, out: Path) -> dict[str, Any]:
     runs_dir = out / "runs"
     grid = [(n, s) for n in norms for s in seeds]
     max_steps = None if cfg.max_steps is None else int(cfg.max_steps)
-    # null: maze2d's published open loop; OGBench's follower replans as its env config says.
-    replan = cfg.replan_every if cfg.replan_every is not None or og is None else og.replan_every
-    replan = None if replan is None else int(replan)
     # The ceiling control trains on the env's own dataset (train_diffuser's default), where whole paths exist.
     dataset = [f"dataset={data_path}"] if train_data == "stitch" else [f"data_dir={data_dir}"]
     jobs = [{"overrides": env_override + train_overrides + [f"norm={n}", f"seed={s}"] + dataset,
              "run": str(runs_dir / n / f"seed{s}"), "maze": maze, "episodes_per_task": int(cfg.episodes_per_task),
-             "eval_seed": int(cfg.eval_seed), "max_steps": max_steps, "replan_every": replan,
-             "device": str(cfg.device), "benchmark": benchmark, "extra_replans": extra_replans} for n, s in grid]
+             "eval_seed": int(cfg.eval_seed), "max_steps": max_steps, "protocol": protocol.name,
+             "device": str(cfg.device), "benchmark": benchmark, "extra_protocols": tuple(names[1:])} for n, s in grid]
     tic = time.perf_counter()
     trials = map_trials(run_trial, jobs, int(cfg.workers), "train + evaluate")
     timings["train_and_evaluate"] = round(time.perf_counter() - tic, 1)
     runs: dict[str, dict[int, dict[str, Any]]] = {n: {} for n in norms}
-    extra: dict[str, dict[str, dict[int, dict[str, Any]]]] = {protocol_name(k): {n: {} for n in norms}
-                                                               for k in extra_replans}
+    by_protocol: dict[str, dict[str, dict[int, dict[str, Any]]]] = {name: {n: {} for n in norms}
+                                                                     for name in names[1:]}
     for (n, s), trial in zip(grid, trials):
         for name, metrics in trial.pop("extra_protocols").items():
-            extra[name][n][s] = metrics
+            by_protocol[name][n][s] = metrics
         runs[n][s] = trial
 
     references = None
     if og is not None:
         tic = time.perf_counter()
-        references = ogbench_references(maze, int(cfg.episodes_per_task), int(cfg.eval_seed), max_steps, replan)
+        references = ogbench_references(maze, int(cfg.episodes_per_task), int(cfg.eval_seed), max_steps,
+                                        protocol.replan_every)
         timings["references"] = round(time.perf_counter() - tic, 1)
 
     baseline = str(cfg.baseline)
@@ -503,20 +518,21 @@ def stitching_study(cfg: DictConfig, out: Path) -> dict[str, Any]:
     figures = _figures(out, title, maze, norms, seeds[0], runs_dir, summary, task_summary, baseline,
                        int(cfg.plot_tasks), int(cfg.episodes_per_task), references)
     protocols = {}
-    for k, name in zip(extra_replans, extra):
-        p_summary, p_comparisons = summarize(extra[name], baseline)
-        protocols[name] = {"replan_every": k, "summary": p_summary, "comparison_vs_baseline": p_comparisons,
-                           "per_task": summarize_tasks(extra[name], baseline),
+    for name, runs_p in by_protocol.items():
+        p_summary, p_comparisons = summarize(runs_p, baseline)
+        protocols[name] = {"protocol": name, "summary": p_summary, "comparison_vs_baseline": p_comparisons,
+                           "per_task": summarize_tasks(runs_p, baseline),
                            "runs": {n: {str(s): {key: v for key, v in r.items() if key != "per_episode"}
-                                        for s, r in by.items()} for n, by in extra[name].items()}}
+                                        for s, r in by.items()} for n, by in runs_p.items()}}
         figures[f"success_{name}_png"] = norm_bars(
             out / f"success_{name}.png", p_summary, [("success_rate", "success rate")], baseline,
-            title=f"{title}, replanning every {k} steps: success per norm (mean over seeds, 95% CI)")
+            title=f"{title}, protocol {name}: success per norm (mean over seeds, 95% CI)")
     timings["total"] = round(time.perf_counter() - start, 1)
     results = {
         "settings": OmegaConf.to_container(cfg, resolve=True), "env": maze, "benchmark": benchmark,
         "ogbench_env": None if og is None else str(og.env), "horizon": horizon, **reach,
-        "train_data": train_data, "protocol": protocol_name(replan), "replan_every": replan,
+        "train_data": train_data, "protocol": protocol.name, "replan_every": protocol.replan_every,
+        "replan_off_plan": protocol.replan_off_plan,
         "norms": norms, "seeds": seeds, "baseline": baseline, "torch_threads": torch.get_num_threads(),
         "metric_definitions": dict(METRICS),
         "dataset": data_info,

@@ -4,8 +4,8 @@ summary ``{benchmark: {norm: {...}, "horizon", "receptive_field", "beyond_rf"}}`
 
 Nothing is trained or evaluated here: each benchmark is a ``stitching_study`` run directory, named by the
 key it gets in the answer (``maze2d-umaze-stitch``, a control such as ``maze2d-umaze-stitch-ceiling``).
-A study evaluated with more protocols (``replan_protocols``) adds one entry per protocol, keyed
-``<key>-replan<k>``. A leak probe of the study's planners (``leak_probe.py checkpoints=[<study>/runs/...]``)
+A study evaluated with more protocols (``protocols``) adds one entry per protocol, keyed
+``<key>-<protocol>`` (e.g. ``maze2d-umaze-stitch-open_loop``). A leak probe of the study's planners (``leak_probe.py checkpoints=[<study>/runs/...]``)
 adds each planner's leak beside its stitching success and their correlation across planners.
 """
 
@@ -136,8 +136,8 @@ def stitching_answer(cfg: DictConfig, out: Path) -> dict[str, Any]:
                         "train_data": study.get("train_data", "stitch"), "protocol": study.get("protocol"),
                         "train_overrides": study["settings"]["train_overrides"],
                         "seeds": study["seeds"], "sees_both_ends": study["sees_both_ends"]}
-        for name, block in [(key, study)] + [(f"{key}-replan{b['replan_every']}", b)
-                                             for b in (study.get("protocols") or {}).values()]:
+        for name, block in [(key, study)] + [(f"{key}-{protocol}", b)
+                                             for protocol, b in (study.get("protocols") or {}).items()]:
             entries[name] = answer_entry(study, block, baseline)
             per_seed[name] = {n: rows["success_rate"]["per_seed"] for n, rows in block["summary"].items()}
         if key in leak_cfg:

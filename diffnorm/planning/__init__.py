@@ -16,9 +16,8 @@ from diffnorm.planning.rollout import (
     evaluate_planner,
     rollout_metrics,
     run_episodes,
-    tracking_errors,
 )
 
 __all__ = ["MODES", "DiffuserPlanner", "Evaluation", "GoalOnlyPlanner", "OGBenchEvaluation", "PlanFollower", "Planner",
            "Rollouts", "controller_action", "episode_resets", "evaluate_ogbench_planner", "evaluate_planner", "plan_target", "rollout_metrics",
-           "run_episodes", "tracking_errors"]
+           "run_episodes"]

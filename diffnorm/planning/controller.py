@@ -16,15 +16,16 @@ import numpy as np
 from diffnorm.errors import require
 
 
-def plan_target(plans: np.ndarray, index: int) -> np.ndarray:
-    """The state [B, 4] to steer at when the agent is at step ``index`` of plans [B, H, 4] (maze units)."""
+def plan_target(plans: np.ndarray, index: int | np.ndarray) -> np.ndarray:
+    """The state [B, 4] to steer at when the agent is at step ``index`` (one for all, or one per episode
+    [B]) of plans [B, H, 4] (maze units): the plan's next state, or its last one held still at the end."""
     plans = np.asarray(plans, dtype=np.float64)
     require(plans.ndim == 3 and plans.shape[-1] == 4, f"plans must be [batch, horizon, 4], got {plans.shape}")
-    require(index >= 0, f"plan index {index} must be non-negative")
-    if index + 1 < plans.shape[1]:
-        return plans[:, index + 1].copy()
-    target = plans[:, -1].copy()
-    target[:, 2:] = 0.0  # hold at the plan's end instead of flying on at its last velocity
+    index = np.broadcast_to(np.asarray(index), (plans.shape[0],))
+    require(bool((index >= 0).all()), f"plan index {index} must be non-negative")
+    ended = index + 1 >= plans.shape[1]
+    target = plans[np.arange(plans.shape[0]), np.minimum(index + 1, plans.shape[1] - 1)].copy()
+    target[ended, 2:] = 0.0  # hold at the plan's end instead of flying on at its last velocity
     return target
 
 

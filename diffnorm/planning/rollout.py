@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 
 from diffnorm.data.generate import GOAL_NOISE  # D4RL's set_target: U(-0.1, 0.1) around the chosen cell
 from diffnorm.envs.maze2d import GOAL_RADIUS, in_wall, make_env, maze_spec, normalized_score
-from diffnorm.errors import require
+from diffnorm.errors import ConfigError, require
 from diffnorm.planning.controller import controller_action, plan_target
 from diffnorm.planning.planner import DiffuserPlanner, Planner
 from diffnorm.training.checkpoint import LoadedDiffuser
@@ -45,8 +45,10 @@ class Rollouts:
     states: np.ndarray  # [N, T + 1, 4]: the reset observation, then one per step
     rewards: np.ndarray  # [N, T]: 1 within GOAL_RADIUS of the goal after the step, else 0
     goals: np.ndarray  # [N, 2]
-    plans: list[np.ndarray] = field(default_factory=list)  # one [N, H, 4] per planning round
+    plans: list[np.ndarray] = field(default_factory=list)  # the plans in force after each planning round [N, H, 4]
     plan_steps: list[int] = field(default_factory=list)  # the env step each round was planned at
+    replanned: list[np.ndarray] = field(default_factory=list)  # [N] bool per round: who got a new plan then
+    tracking: np.ndarray | None = None  # [N, T]: ||state.xy - steered-at plan state.xy||, NaN past a plan's end
     seconds: dict[str, float] = field(default_factory=dict)  # planning vs simulation time
 
 
@@ -75,42 +77,120 @@ def episode_resets(env_name: str, episodes: int, mode: str, seed: int, starts: n
     return resets
 
 
+@dataclass(frozen=True)
+class Protocol:
+    """When a rollout plans: at t = 0 always, then every ``replan_every`` steps and/or whenever an episode
+    is farther than ``replan_off_plan`` (maze units) from where its plan puts it now. Neither: the
+    Diffuser's published open loop. Named ``open_loop``, ``replan_<k>``, ``off_plan_<d>`` or
+    ``replan_<k>+off_plan_<d>`` (``Protocol.parse`` reads the names back)."""
+
+    replan_every: int | None = None
+    replan_off_plan: float | None = None
+
+    def __post_init__(self) -> None:
+        require(self.replan_every is None or int(self.replan_every) >= 1,
+                f"replan_every={self.replan_every} must be null or >= 1")
+        require(self.replan_off_plan is None or float(self.replan_off_plan) > 0,
+                f"replan_off_plan={self.replan_off_plan} must be null or a positive distance")
+
+    @property
+    def name(self) -> str:
+        parts = ([f"replan_{self.replan_every}"] if self.replan_every is not None else []) + (
+            [f"off_plan_{float(self.replan_off_plan):g}"] if self.replan_off_plan is not None else [])
+        return "+".join(parts) or "open_loop"
+
+    @classmethod
+    def parse(cls, name: str) -> Protocol:
+        """``Protocol`` from its name; ConfigError naming the forms for anything else."""
+        every = off = None
+        try:
+            for part in ([] if name == "open_loop" else str(name).split("+")):
+                kind, _, value = part.rpartition("_")
+                if kind == "replan" and every is None:
+                    every = int(value)
+                elif kind == "off_plan" and off is None:
+                    off = float(value)
+                else:
+                    raise ValueError(part)
+        except ValueError:
+            raise ConfigError(f"protocol {name!r} is not one of open_loop, replan_<k>, off_plan_<d>, "
+                              "replan_<k>+off_plan_<d> (k steps, d maze units)") from None
+        return cls(every, off)
+
+
+# An episode that was just given a plan is not judged off it for this many steps: the controller needs a
+# few steps to pull the agent onto a new plan, and replanning every step would cost a planner call per step.
+OFF_PLAN_COOLDOWN = 8
+
+
 def run_episodes(planner: Planner, env_name: str, resets: list[tuple[int, dict[str, Any]]],
-                 replan_every: int | None = None, max_steps: int | None = None, progress: bool = False
-                 ) -> Rollouts:
+                 replan_every: int | None = None, max_steps: int | None = None, progress: bool = False,
+                 replan_off_plan: float | None = None) -> Rollouts:
     """Roll out ``planner`` + the published controller in one env per reset, all in lockstep.
 
     ``replan_every=None`` is the published open loop (one plan at t = 0); ``k`` plans again from the
-    current state every k steps, the goal unchanged. ``max_steps=None`` is the env's episode length.
+    current state every k steps, the goal unchanged. ``replan_off_plan=d`` (maze units) plans again for
+    an episode whose position is farther than d from where its plan says it should be now (at most once
+    per ``OFF_PLAN_COOLDOWN`` steps): an agent that a plan has left behind, e.g. caught on a wall corner
+    the plan cut, gets a plan from where it is; one that follows its plan keeps it. ``max_steps=None``
+    is the env's episode length.
     """
     require(replan_every is None or int(replan_every) >= 1, f"replan_every={replan_every} must be null or >= 1")
+    require(replan_off_plan is None or float(replan_off_plan) > 0,
+            f"replan_off_plan={replan_off_plan} must be null or a positive distance")
     envs = [make_env(env_name) for _ in resets]
     steps = int(max_steps) if max_steps is not None else int(envs[0].spec.max_episode_steps)
     require(steps >= 1, f"max_steps={max_steps} must be positive")
     n = len(envs)
     states = np.zeros((n, steps + 1, 4))
     rewards = np.zeros((n, steps))
+    tracking = np.full((n, steps), np.nan)
     for k, (env, (env_seed, options)) in enumerate(zip(envs, resets)):
         states[k, 0], _ = env.reset(seed=env_seed, options=options)
     goals = np.stack([np.asarray(env.get_wrapper_attr("goal"), dtype=np.float64) for env in envs])
-    out = Rollouts(states=states, rewards=rewards, goals=goals)
+    out = Rollouts(states=states, rewards=rewards, goals=goals, tracking=tracking)
     plan_seconds = sim_seconds = 0.0
-    plans, plan_start = None, 0
+    plans: np.ndarray | None = None
+    plan_start = np.zeros(n, dtype=int)  # the step each episode's plan in force was made at
+    rows = np.arange(n)
     for t in tqdm(range(steps), desc=f"{n} episodes of {env_name}", disable=not progress, leave=False):
-        if plans is None or (replan_every is not None and t - plan_start >= int(replan_every)):
+        if plans is None:
+            due = np.ones(n, dtype=bool)
+        else:
+            age = t - plan_start
+            due = np.zeros(n, dtype=bool)
+            if replan_every is not None:
+                due |= age >= int(replan_every)
+            if replan_off_plan is not None:
+                expected = plans[rows, np.minimum(age, plans.shape[1] - 1), :2]
+                off = np.linalg.norm(states[:, t, :2] - expected, axis=-1) > float(replan_off_plan)
+                due |= off & (age >= OFF_PLAN_COOLDOWN)
+        if due.any():
+            # Only the episodes that need a plan are planned for (one batched call): an open loop or a
+            # fixed interval plans for all of them at once, off-plan replanning for a few.
             tic = time.perf_counter()
-            plans = np.asarray(planner(states[:, t].copy(), goals.copy()), dtype=np.float64)
+            new = np.asarray(planner(states[due, t].copy(), goals[due].copy()), dtype=np.float64)
             plan_seconds += time.perf_counter() - tic
-            require(plans.ndim == 3 and plans.shape[0] == n and plans.shape[2] == 4,
-                    f"the planner returned {plans.shape}, expected [{n}, horizon, 4]")
-            plan_start = t
-            out.plans.append(plans)
+            require(new.ndim == 3 and new.shape[0] == int(due.sum()) and new.shape[2] == 4,
+                    f"the planner returned {new.shape}, expected [{int(due.sum())}, horizon, 4]")
+            if plans is None:
+                plans = new
+            else:
+                plans = plans.copy()
+                plans[due] = new
+            plan_start[due] = t
+            out.plans.append(plans.copy())
             out.plan_steps.append(t)
-        actions = controller_action(plan_target(plans, t - plan_start), states[:, t])
+            out.replanned.append(due.copy())
+        index = t - plan_start
+        target = plan_target(plans, index)
+        actions = controller_action(target, states[:, t])
         tic = time.perf_counter()
         for k, env in enumerate(envs):
             states[k, t + 1], rewards[k, t], _, _, _ = env.step(actions[k])
         sim_seconds += time.perf_counter() - tic
+        covered = index + 1 < plans.shape[1]  # the plan still says where the agent should be after this step
+        tracking[covered, t] = np.linalg.norm(states[covered, t + 1, :2] - target[covered, :2], axis=-1)
     for env in envs:
         env.close()
     out.seconds = {"planning": plan_seconds, "simulation": sim_seconds}
@@ -119,18 +199,6 @@ def run_episodes(planner: Planner, env_name: str, resets: list[tuple[int, dict[s
 
 def _sem(x: np.ndarray) -> float:
     return float(x.std(ddof=1) / np.sqrt(len(x))) if len(x) > 1 else 0.0
-
-
-def tracking_errors(rollouts: Rollouts) -> np.ndarray:
-    """||state.xy - planned xy|| at every step the plan in force still covers, per episode [N, steps]."""
-    r = rollouts
-    ends = [*r.plan_steps[1:], r.rewards.shape[1]]
-    errors = []
-    for plans, t0, t_end in zip(r.plans, r.plan_steps, ends):
-        last = min(t_end, t0 + plans.shape[1] - 1)  # step t follows plan index t - t0 <= H - 1
-        if last > t0:
-            errors.append(np.linalg.norm(r.states[:, t0 + 1:last + 1, :2] - plans[:, 1:last - t0 + 1, :2], axis=-1))
-    return np.concatenate(errors, axis=1) if errors else np.zeros((len(r.goals), 0))
 
 
 def rollout_metrics(env_name: str, rollouts: Rollouts) -> dict[str, Any]:
@@ -142,14 +210,17 @@ def rollout_metrics(env_name: str, rollouts: Rollouts) -> dict[str, Any]:
     final = np.linalg.norm(r.states[:, -1, :2] - r.goals, axis=-1) <= GOAL_RADIUS
     first = [int(np.argmax(row)) + 1 if row.any() else None for row in reached]
     all_plans = np.stack(r.plans)  # [rounds, N, H, 4]
+    new = np.stack(r.replanned)  # [rounds, N]: each plan counted once, in the round it was made
     walls = in_wall(env_name, all_plans[..., :2])  # [rounds, N, H]
     step_len = np.linalg.norm(np.diff(all_plans[..., :2], axis=2), axis=-1)  # [rounds, N, H - 1]
-    tracking = tracking_errors(r)
+    tracking = r.tracking
+    tracked = ~np.isnan(tracking)
     episodes = [{
         "start": r.states[k, 0].tolist(), "goal": r.goals[k].tolist(), "return": float(returns[k]),
         "score": float(scores[k]), "success": bool(reached[k].any()), "success_final": bool(final[k]),
         "first_step_in_goal": first[k], "plan_in_wall_fraction": float(walls[0, k].mean()),
-        "tracking_error_mean": float(tracking[k].mean()) if tracking.shape[1] else None,
+        "tracking_error_mean": float(tracking[k, tracked[k]].mean()) if tracked[k].any() else None,
+        "plans_made": int(new[:, k].sum()),
     } for k in range(len(returns))]
     return {
         "episodes": len(returns), "steps": int(r.rewards.shape[1]),
@@ -157,13 +228,14 @@ def rollout_metrics(env_name: str, rollouts: Rollouts) -> dict[str, Any]:
         "return_mean": float(returns.mean()), "return_sem": _sem(returns),
         "success_rate": float(reached.any(axis=1).mean()), "success_rate_final": float(final.mean()),
         "success_definitions": SUCCESS_DEFINITIONS,
-        "plan_in_wall_fraction": float(walls.mean()),
-        "plans_touching_walls": float(walls.any(axis=-1).mean()),
+        "plan_in_wall_fraction": float(walls[new].mean()),
+        "plans_touching_walls": float(walls.any(axis=-1)[new].mean()),
         "plan_rounds": len(r.plans), "plan_steps": list(r.plan_steps), "horizon": int(all_plans.shape[2]),
+        "plans_per_episode": float(new.sum(axis=0).mean()),
         # A goal jump much larger than the median step means the goal was pasted onto a plan that went
         # elsewhere (inpainting forces the last state; it does not make the plan arrive there).
-        "plan_step_median": float(np.median(step_len)), "plan_goal_jump_mean": float(step_len[..., -1].mean()),
-        "tracking_error_mean": float(tracking.mean()) if tracking.size else None,
+        "plan_step_median": float(np.median(step_len[new])), "plan_goal_jump_mean": float(step_len[..., -1][new].mean()),
+        "tracking_error_mean": float(tracking[tracked].mean()) if tracked.any() else None,
         "returns": returns.tolist(), "scores": scores.tolist(),
         "seconds": {k: round(v, 3) for k, v in r.seconds.items()},
         "per_episode": episodes,
@@ -182,7 +254,7 @@ def evaluate_planner(loaded: LoadedDiffuser, env_name: str | None = None, episod
                      seed: int = 0, replan_every: int | None = None, sampler: str | None = None,
                      num_steps: int | None = None, starts: np.ndarray | None = None,
                      goals: np.ndarray | None = None, max_steps: int | None = None,
-                     progress: bool = False) -> Evaluation:
+                     progress: bool = False, replan_off_plan: float | None = None) -> Evaluation:
     """Score a loaded Diffuser by planning rollouts: ``episodes`` lockstep episodes of ``mode``.
 
     ``env_name=None`` is the checkpoint's maze (another maze is refused: the scaler and the horizon
@@ -195,8 +267,9 @@ def evaluate_planner(loaded: LoadedDiffuser, env_name: str | None = None, episod
     planner = DiffuserPlanner(loaded, sampler=sampler, num_steps=num_steps, seed=int(seed))
     start = time.perf_counter()
     rollouts = run_episodes(planner, env_name, resets, replan_every=replan_every, max_steps=max_steps,
-                            progress=progress)
+                            progress=progress, replan_off_plan=replan_off_plan)
     metrics = {"env": env_name, "mode": mode, "seed": int(seed), "replan_every": replan_every,
+               "replan_off_plan": replan_off_plan,
                "sampler": planner.sampler, "num_steps": planner.num_steps, "planner_calls": planner.calls,
                **rollout_metrics(env_name, rollouts), "rollout_seconds": round(time.perf_counter() - start, 3)}
     return Evaluation(metrics=metrics, rollouts=rollouts)
