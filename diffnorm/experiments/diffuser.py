@@ -19,10 +19,12 @@ from omegaconf import DictConfig, OmegaConf
 from diffnorm.config import validate_config
 from diffnorm.data.d4rl_format import load_dataset, read_attrs
 from diffnorm.data.generate import ensure_dataset
+from diffnorm.data.ogbench_stitch import ensure_ogbench_stitch_dataset
 from diffnorm.data.scaling import TrajectoryScaler
 from diffnorm.data.sequence import SequenceDataset
 from diffnorm.diffusion.gaussian import GaussianDiffusion
 from diffnorm.envs.maze2d import in_wall, maze_spec
+from diffnorm.envs.ogbench_maze import ogbench_maze_of
 from diffnorm.experiments.common import (
     compose_job,
     require,
@@ -167,8 +169,6 @@ def load_training_data(cfg: DictConfig, scaler: TrajectoryScaler | None = None
         path = resolve_path(str(cfg.dataset))
         require(path.is_file(), f"dataset={cfg.dataset} does not exist ({path})")
     elif OmegaConf.select(cfg, "env.ogbench") is not None:  # OGBench's stitch recipe in its own env
-        from diffnorm.envs.ogbench_maze import ensure_ogbench_stitch_dataset, ogbench_maze_of
-
         og = cfg.env.ogbench
         path = ensure_ogbench_stitch_dataset(ogbench_maze_of(cfg.env), int(og.episodes), int(og.episode_steps),
                                              seed=int(og.data_seed), data_dir=data_dir,

@@ -31,15 +31,14 @@ from diffnorm.data.generate import (
     stitch_tasks,
 )
 from diffnorm.envs.maze2d import in_wall, maze_spec
-from diffnorm.envs.ogbench_maze import (
-    OGBENCH_ENVS,
+from diffnorm.data.ogbench_stitch import (
     ensure_ogbench_stitch_dataset,
     generate_ogbench_stitch,
     ogbench_stitch_attrs,
     ogbench_stitch_checks,
     ogbench_stitch_path,
-    ogbench_tasks,
 )
+from diffnorm.envs.ogbench_maze import OGBENCH_ENVS, ogbench_tasks
 from diffnorm.experiments.common import ConfigError, require, resolve_path, write_results
 from diffnorm.plotting.maze import dataset_coverage, draw_maze, plot_trajectory, stitch_coverage
 

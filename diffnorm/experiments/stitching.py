@@ -33,12 +33,8 @@ from diffnorm.analysis.receptive_field import receptive_field
 from diffnorm.data.d4rl_format import read_attrs
 from diffnorm.data.generate import ensure_stitch_dataset, stitch_task_cells, stitch_tasks
 from diffnorm.envs.maze2d import in_wall, make_env, maze_spec, xy_to_cell
-from diffnorm.envs.ogbench_maze import (
-    ensure_ogbench_stitch_dataset,
-    evaluate_ogbench,
-    ogbench_maze_of,
-    oracle_policy,
-)
+from diffnorm.data.ogbench_stitch import ensure_ogbench_stitch_dataset
+from diffnorm.envs.ogbench_maze import evaluate_ogbench, ogbench_maze_of, oracle_policy
 from diffnorm.experiments.common import compose_job, require, resolve_device, resolve_path, write_results
 from diffnorm.experiments.diffuser import env_option_of, train_diffuser
 from diffnorm.experiments.parallel import map_trials
