@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import ROOT, load_results
+from conftest import load_results
 
 from diffnorm.experiments.common import ConfigError
 
@@ -43,11 +43,9 @@ def smoke(tmp_path_factory):
 
 
 def compose(*overrides: str):
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
+    from diffnorm.experiments.common import compose_job
 
-    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base=None):
-        return hydra_compose("leak_probe", overrides=list(overrides))
+    return compose_job("leak_probe", list(overrides))
 
 
 def test_script_trains_quick_models_and_writes_results(smoke):

@@ -224,12 +224,9 @@ def checkpoint(tmp_path_factory):
 
 
 def compose(*overrides):
-    from conftest import ROOT
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
+    from diffnorm.experiments.common import compose_job
 
-    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base=None):
-        return hydra_compose("plan_maze", overrides=list(overrides))
+    return compose_job("plan_maze", list(overrides))
 
 
 def test_config_defaults_are_the_published_protocol():

@@ -282,12 +282,9 @@ def data_dir(tmp_path_factory):
 
 def compose(data_dir, *overrides):
     """The job's config as the script would see it (same defaults list, same overrides)."""
-    from conftest import ROOT
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
+    from diffnorm.experiments.common import compose_job
 
-    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base=None):
-        return hydra_compose("train_diffuser", overrides=[*TINY, f"data_dir={data_dir}", *overrides])
+    return compose_job("train_diffuser", [*TINY, f"data_dir={data_dir}", *overrides])
 
 
 def job(data_dir, out, *overrides):
@@ -304,13 +301,10 @@ def checkpoint_tensors(run_dir):
 
 
 def test_config_defaults_are_the_published_settings():
-    from conftest import ROOT
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
+    from diffnorm.experiments.common import compose_job
 
-    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base=None):
-        cfg = hydra_compose("train_diffuser")
-        quick = hydra_compose("train_diffuser", overrides=["experiment=quick", "env=maze2d_large"])
+    cfg = compose_job("train_diffuser", [])
+    quick = compose_job("train_diffuser", ["experiment=quick", "env=maze2d_large"])
     assert (cfg.env.name, cfg.env.horizon, cfg.env.n_diffusion_steps, cfg.norm.name) == ("maze2d-umaze", 128, 64, "group")
     assert dict(cfg.model) == {"name": "temporal_unet", "dim": 32, "dim_mults": [1, 4, 8], "kernel_size": 5}
     t = cfg.train
