@@ -56,7 +56,8 @@ METRICS = (("success_rate", "success rate (goal reached at any step)"),
            ("score_mean", "D4RL-normalized score"),
            ("plan_in_wall_fraction", "planned states inside walls"),
            ("plan_connected", "t = 0 plans reaching the goal through neighbouring free cells"),
-           ("plan_to_bfs_ratio", "plan cell moves (Manhattan, to the goal cell) / BFS distance"))
+           ("plan_to_bfs_ratio", "plan cell moves (Manhattan, to the goal cell) / BFS distance"),
+           ("plans_per_episode", "plans made per episode (1: the t = 0 plan only; more: replanned)"))
 _REUSE_MARKER = "study_overrides.json"
 
 
@@ -364,7 +365,9 @@ def _figures(out: Path, title: str, maze: str, norms: list[str], seed: int, runs
             labels, replans_xy=replans, title=f"{title}, norm={n}, seed {seed}: t = 0 plan"
             f"{', later plans (grey)' if replans is not None else ''} and rollout",
             max_panels=len(picks), columns=min(len(picks), 3))
-    files["success_png"] = norm_bars(out / "success.png", summary, [("success_rate", "success rate")], baseline,
+    scored = any(row["score_mean"]["mean"] is not None for row in summary.values())
+    files["success_png"] = norm_bars(out / "success.png", summary, [("success_rate", "success rate")]
+                                     + ([("score_mean", "D4RL-normalized score")] if scored else []), baseline,
                                      title=f"{title}: success per norm (mean over seeds, 95% CI)")
     files["success_per_task_png"] = task_bars(
         out / "success_per_task.png", [_task_label(t) for t in task_summary],
@@ -374,7 +377,7 @@ def _figures(out: Path, title: str, maze: str, norms: list[str], seed: int, runs
     files["plan_quality_png"] = norm_bars(
         out / "plan_quality.png", summary,
         [("plan_in_wall_fraction", "planned states in walls"), ("plan_connected", "plans connected to the goal"),
-         ("plan_to_bfs_ratio", "plan cell moves / BFS")], baseline,
+         ("plan_to_bfs_ratio", "plan cell moves / BFS"), ("plans_per_episode", "plans per episode")], baseline,
         title=f"{title}: plan quality per norm (mean over seeds, 95% CI)")
     return files
 
