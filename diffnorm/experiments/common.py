@@ -320,6 +320,6 @@ def compose_job(config_name: str, overrides: list[str]) -> DictConfig:
 
     if GlobalHydra.instance().is_initialized():
         return compose(config_name, overrides=overrides)
-    configs = Path(__file__).resolve().parents[2] / "configs"
+    configs = Path(__file__).resolve().parents[1] / "configs"  # the repository's configs/, or a wheel's copy
     with initialize_config_dir(config_dir=str(configs), version_base=None):
         return compose(config_name, overrides=overrides)
