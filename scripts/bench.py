@@ -1,4 +1,4 @@
-"""Speed benchmark (issue 7): prints one table, writes docs/results/bench-<device>.{json,png} and the table.
+"""Speed benchmark: prints one table, writes <out>/bench-<device>.{json,png} and the table.
 
     python scripts/bench.py                      # CPU default: H=128, B=32, ~10 min on 2 loaded cores
     python scripts/bench.py --full --compile     # + H=384 and B=256 rows, torch.compile on CPU too

@@ -1,4 +1,4 @@
-"""Hydra entry point: see diffnorm.experiments.stitching.stitching_study (issue 6, the stitching study)."""
+"""Hydra entry point: see diffnorm.experiments.stitching.stitching_study (the stitching study)."""
 
 import hydra
 from omegaconf import DictConfig

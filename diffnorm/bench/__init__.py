@@ -1,1 +1,1 @@
-"""Speed benchmark (issue 7): the plain reference network and the benchmark suite."""
+"""Speed benchmark: the plain reference network and the benchmark suite."""

@@ -1,4 +1,4 @@
-"""The speed benchmark of issue 7: one table, every speed-up a ratio against a plain reference timed in
+"""The speed benchmark: one table, every speed-up a ratio against a plain reference timed in
 the same run (``diffnorm.bench.plain``), and achieved GFLOP/s against a large fp32 matmul, also measured
 in the same run (so a loaded machine lowers both, and the ratios stay meaningful).
 

@@ -1,4 +1,4 @@
-"""Stitching study (issue 6): ``stitching_study(cfg, out)`` trains one Diffuser per norm x seed on a maze's
+"""Stitching study: ``stitching_study(cfg, out)`` trains one Diffuser per norm x seed on a maze's
 stitch dataset and evaluates each on the maze's stitch tasks.
 
 With an OGBench env (``env=ogbench_pointmaze_medium``: an env config with an ``ogbench`` block) the data

@@ -201,7 +201,7 @@ def write_report(path: Path, r: dict[str, Any], out: Path) -> Path:
               f"and its goal in one forward pass (receptive field {rf['left']} left, {rf['right']} right), so the "
               "side channel has nothing to carry that the convolutions do not already see. Single-task "
               f"{env} therefore is not the stitching test: that is the stitching study (`scripts/stitching_study.py`; "
-              "its result in the repository's `docs/results/stitching_study.md`), on data where no episode joins a "
+              "which answers it with several seeds per norm), on data where no episode joins a "
               "task's start and goal. One planner per norm and one seed also cannot separate the norm from seed "
               "noise.", "",
               "## Terms", "",

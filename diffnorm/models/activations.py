@@ -1,14 +1,12 @@
 """Mish (Misra 2019), the Diffuser's activation, computed cheaply on the CPU.
 
 Why: ATen's CPU mish evaluates exp, log1p and tanh per element in the forward pass and more in
-the backward; on the U-Net's activations that was 11 % of a training step
-(docs/results/bench_idle/profile_step.txt). The same function follows from a single exp: with
-q = (1 + e^x)^2, tanh(softplus(x)) = 1 - 2 / (q + 1). Computed in place, forward and backward together
-run 1.5-1.9x faster (docs/results/bench_cpu/ablation.txt). The price is rounding for negative x,
-where 1 - 2 / (q + 1) cancels: up to 1.2e-6 absolute error (8e-5 relative where |y| ~ 0.01), against
-ATen's 7e-7 (docs/results/bench_cpu/mish_accuracy.txt); tests/test_activations.py bounds values and
-gradients against the float64 definition. On other devices ``F.mish`` is already one fused kernel
-and is used.
+the backward; profiled on the U-Net's training step, that was 11 % of it. The same function follows
+from a single exp: with q = (1 + e^x)^2, tanh(softplus(x)) = 1 - 2 / (q + 1). Computed in place,
+forward and backward together run 1.5-1.9x faster (``scripts/bench.py`` times the ablation). The price
+is rounding for negative x, where 1 - 2 / (q + 1) cancels: up to 1.2e-6 absolute error (8e-5 relative
+where |y| ~ 0.01), against ATen's 7e-7; tests/test_activations.py bounds values and gradients against
+the float64 definition. On other devices ``F.mish`` is already one fused kernel and is used.
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ the channels of one time step sit next to each other in memory. A [B, C, T] tens
 
 Only strides change: shapes, module names, parameters and state dicts are those of ``nn.Conv1d`` and
 ``nn.ConvTranspose1d``, and code reading activations (probes, hooks) sees ordinary [B, C, T] tensors.
-The plain reference (``diffnorm.bench.plain``) shows what this buys: docs/results/bench.md.
+The plain reference (``diffnorm.bench.plain``, timed by ``scripts/bench.py``) shows what this buys.
 """
 
 from __future__ import annotations

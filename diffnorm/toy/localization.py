@@ -38,7 +38,7 @@ class LocalizationCNN(nn.Module):
         norm_layer = norm_layer or norm_factory("none")
         widths = [1] + [hidden] * (depth - 1)
         # Channels-first nn.Conv1d: the time-major layout of the Diffuser's U-Net buys nothing at 32
-        # channels and slows InstanceNorm here (docs/results/bench_cpu/toy_before_after.txt).
+        # channels and slows InstanceNorm here (timed before and after the change on the toy task).
         self.blocks = nn.ModuleList(
             Conv1dBlock(c_in, c_out, kernel_size, norm_layer, activation=nn.ReLU, conv_layer=nn.Conv1d)
             for c_in, c_out in zip(widths, widths[1:])

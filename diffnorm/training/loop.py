@@ -152,7 +152,7 @@ def _precision_and_compile(cfg: DictConfig, device: torch.device, model: nn.Modu
                            ) -> tuple[contextlib.AbstractContextManager, nn.Module]:
     """bf16 autocast where the device computes in bf16 natively (else ignored with a log line), and
     torch.compile on any device. On a CPU, compiling takes about 1.5 minutes before the first step and
-    then a step runs faster than eager (docs/results/bench.md): worth it for long runs, not quick ones."""
+    then a step runs faster than eager (``scripts/bench.py``): worth it for long runs, not quick ones."""
     autocast: contextlib.AbstractContextManager = contextlib.nullcontext()
     denoiser = model
     if cfg.bf16:

@@ -10,7 +10,7 @@ workers compute exactly the single-process loss and gradient, up to the order of
   Python threads, each with one intra-op thread, and sums their gradients in a fixed order (so runs stay
   bit-reproducible). Why: the U-Net's convolutions are small, and torch's intra-op threading splits each
   one across cores with a barrier per op; on shared cores every barrier waits for a descheduled thread.
-  Independent shards need no barrier at all (docs/results/bench.md has the measurements).
+  Independent shards need no barrier at all (``scripts/bench.py`` measures both).
 """
 
 from __future__ import annotations
