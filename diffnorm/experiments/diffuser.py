@@ -289,3 +289,25 @@ def train_diffuser(cfg: DictConfig, out: Path) -> dict[str, Any]:
     log.info("final loss %.4f after %d steps; %.1f s", summary["final_loss"] or float("nan"), summary["steps"],
              results["wall_time_s"])
     return results
+
+
+# Written beside a training made by ``train_or_reuse``: the overrides it was composed with. (The name is
+# the stitching study's, where the rule began; runs made since keep being found.)
+REUSE_MARKER = "study_overrides.json"
+
+
+def train_or_reuse(overrides: list[str], out: Path) -> tuple[dict[str, Any], bool]:
+    """(results, reused): ``train_diffuser`` composed with ``overrides`` into ``out``, unless ``out`` holds
+    a finished training (results.json and ema.safetensors) made with exactly these overrides, whose
+    results are returned instead. The one reuse rule of the jobs that train sub-runs, so a study that
+    stopped part-way, or is rerun for new evaluations or figures, trains only what is missing."""
+    out = Path(out)
+    marker = out / REUSE_MARKER
+    finished = (out / "results.json").is_file() and (out / "ema.safetensors").is_file()
+    if finished and marker.is_file() and json.loads(marker.read_text()) == list(overrides):
+        return json.loads((out / "results.json").read_text()), True
+    out.mkdir(parents=True, exist_ok=True)
+    marker.unlink(missing_ok=True)
+    results = train_diffuser(compose_job("train_diffuser", list(overrides)), out)
+    marker.write_text(json.dumps(list(overrides)))
+    return results, False

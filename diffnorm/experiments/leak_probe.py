@@ -52,11 +52,13 @@ from diffnorm.experiments.common import (
     seed_everything,
     write_results,
 )
+from diffnorm.experiments.diffuser import train_or_reuse
 from diffnorm.plotting import leak as plots
 from diffnorm.probing.hooks import record_activations
 from diffnorm.probing.probes import localize_sites
 from diffnorm.progress import bar as progress_bar
 from diffnorm.toy.localization import ramp_target
+from diffnorm.training.build import build_diffusion
 from diffnorm.training.checkpoint import LoadedDiffuser, load_checkpoint
 
 log = logging.getLogger(__name__)
@@ -85,20 +87,16 @@ def _compose_training(overrides: list[str]) -> DictConfig:
 
 def _train_quick(cfg: DictConfig, out: Path) -> list[Path]:
     """Train one model per ``cfg.norms`` with ``cfg.train_overrides`` (``experiment=quick`` by default);
-    a run directory that already holds a finished run of the same config is reused."""
-    from diffnorm.experiments.diffuser import train_diffuser
-    from diffnorm.training.build import build_diffusion
-
+    a run directory that already holds a finished run of the same overrides is reused (``train_or_reuse``)."""
     require(len(cfg.norms) > 0, "give checkpoint=..., checkpoints=[...] or a non-empty norms=[...]")
     runs = []
-    configs = [(str(n), _compose_training([*cfg.train_overrides, f"norm={n}"])) for n in cfg.norms]
-    for _, train_cfg in configs:  # fail on a bad site before any training
-        _check_sites(build_diffusion(train_cfg).model, cfg.probe.sites)
-    for norm, train_cfg in configs:
-        run = out / "train" / norm
-        if not (run / "results.json").is_file():
-            log.info("training a %s model into %s", norm, run)
-            train_diffuser(train_cfg, run)
+    overrides = [[*cfg.train_overrides, f"norm={n}"] for n in cfg.norms]
+    for o in overrides:  # fail on a bad site before any training
+        _check_sites(build_diffusion(_compose_training(o)).model, cfg.probe.sites)
+    for norm, o in zip(cfg.norms, overrides):
+        run = out / "train" / str(norm)
+        _, reused = train_or_reuse(o, run)
+        log.info("%s model %s %s", norm, "reused from" if reused else "trained into", run)
         runs.append(run)
     return runs
 

@@ -32,11 +32,11 @@ from diffnorm.analysis.influence import sees_both_ends
 from diffnorm.analysis.receptive_field import receptive_field
 from diffnorm.data.d4rl_format import read_attrs
 from diffnorm.data.generate import ensure_stitch_dataset, stitch_task_cells, stitch_tasks
-from diffnorm.envs.maze2d import in_wall, make_env, maze_spec, xy_to_cell
 from diffnorm.data.ogbench_stitch import ensure_ogbench_stitch_dataset
+from diffnorm.envs.maze2d import in_wall, make_env, maze_spec, xy_to_cell
 from diffnorm.envs.ogbench_maze import evaluate_ogbench, ogbench_maze_of, oracle_policy
 from diffnorm.experiments.common import compose_job, require, resolve_device, resolve_path, write_results
-from diffnorm.experiments.diffuser import env_option_of, train_diffuser
+from diffnorm.experiments.diffuser import env_option_of, train_or_reuse
 from diffnorm.experiments.parallel import map_trials
 from diffnorm.models.norms import NORM_LAYERS
 from diffnorm.planning.kinematic import PlanFollower, evaluate_ogbench_planner, plans_in_wall_fraction
@@ -58,7 +58,6 @@ METRICS = (("success_rate", "success rate (goal reached at any step)"),
            ("plan_connected", "t = 0 plans reaching the goal through neighbouring free cells"),
            ("plan_to_bfs_ratio", "plan cell moves (Manhattan, to the goal cell) / BFS distance"),
            ("plans_per_episode", "plans made per episode (1: the t = 0 plan only; more: replanned)"))
-_REUSE_MARKER = "study_overrides.json"
 
 
 def plan_path_stats(maze: str, plan_xy: np.ndarray, goal_cell: tuple[int, int], bfs_distance: int) -> dict[str, Any]:
@@ -246,16 +245,7 @@ def run_trial(overrides: list[str], run: str, maze: str, episodes_per_task: int,
     others under ``extra_protocols`` (by name)."""
 
     out = Path(run)
-    marker = out / _REUSE_MARKER
-    finished = (out / "results.json").is_file() and (out / "ema.safetensors").is_file()
-    reused = finished and marker.is_file() and json.loads(marker.read_text()) == overrides
-    if reused:
-        training = json.loads((out / "results.json").read_text())
-    else:
-        out.mkdir(parents=True, exist_ok=True)
-        marker.unlink(missing_ok=True)
-        training = train_diffuser(compose_job("train_diffuser", overrides), out)
-        marker.write_text(json.dumps(overrides))
+    training, reused = train_or_reuse(overrides, out)
 
     def settings(name: str) -> dict[str, Any]:
         return {"benchmark": benchmark, "episodes_per_task": episodes_per_task, "eval_seed": eval_seed,
