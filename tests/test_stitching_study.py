@@ -8,7 +8,8 @@ import pytest
 from conftest import load_results
 
 from diffnorm.experiments.common import ConfigError, compose_job
-from diffnorm.experiments.stitching import plan_path_stats, stitching_study
+from diffnorm.experiments.stitching import stitching_study
+from diffnorm.planning.stitch import plan_path_stats
 
 TRAIN = ["experiment=quick", "model.dim=8", "model.dim_mults=[1,2,2]", "env.horizon=32", "env.n_diffusion_steps=8",
          "train.steps=2", "train.batch_size=4", "train.n_samples=2", "train.sample_every=0",
@@ -113,9 +114,9 @@ def test_plan_path_stats_connected_vs_jump():
 
 
 def test_rate_intervals_stay_inside_zero_one():
-    from diffnorm.experiments.stitching import _seed_interval
+    from diffnorm.probing.stats import seed_interval
 
-    wide = _seed_interval([0.0, 0.0, 1.0], rate=True)
+    wide = seed_interval([0.0, 0.0, 1.0], rate=True)
     assert wide["ci_low"] == 0.0 and wide["ci_high"] == 1.0 and wide["mean"] == pytest.approx(1 / 3)
-    unbounded = _seed_interval([0.0, 0.0, 1.0])
+    unbounded = seed_interval([0.0, 0.0, 1.0])
     assert unbounded["ci_low"] < 0 < 1 < unbounded["ci_high"]

@@ -15,7 +15,7 @@ from diffnorm.plotting.planning import _save
 def norm_bars(path: Path, summary: dict[str, dict[str, Any]], metrics: list[tuple[str, str]], baseline: str,
               title: str = "") -> Path:
     """PNG with one panel per ``(key, label)`` in ``metrics``: for each norm of ``summary`` (as built by
-    ``diffnorm.experiments.stitching.summarize``) a bar at the mean over seeds, the 95% CI as an error bar,
+    ``diffnorm.probing.stats.summarize``) a bar at the mean over seeds, the 95% CI as an error bar,
     and the seeds as dots. Metrics without a value for a norm leave its bar out."""
     norms = list(summary)
     fig, axes = plt.subplots(1, len(metrics), figsize=(1.2 + 1.1 * len(norms) * len(metrics), 3.6), squeeze=False)
@@ -45,7 +45,7 @@ def task_bars(path: Path, tasks: list[str], rows: list[dict[str, dict[str, Any]]
               title: str = "", ylabel: str = "success rate", references: dict[str, list[float]] | None = None
               ) -> Path:
     """PNG of one metric per task: for each task (``tasks`` labels, ``rows[k][norm]`` = per-seed values, mean
-    and 95% CI as ``_seed_interval`` gives them) a group of bars, one per norm, with the CI and the seeds as
+    and 95% CI as ``probing.stats.seed_interval`` gives them) a group of bars, one per norm, with the CI and the seeds as
     dots; the baseline hatched. Per-task rates tell a norm that fails one long task from one that fails all.
     ``references`` (name -> one value per task) are drawn as a marked line across each task's group."""
     norms = list(rows[0]) if rows else []

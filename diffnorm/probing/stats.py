@@ -1,8 +1,12 @@
-"""Definition 2.3 of Pfrommer et al. (2025): when does a network localize an index?"""
+"""Statistics: Definition 2.3 of Pfrommer et al. (2025), when a network localizes an index; Welch's
+difference of two samples; and the comparison of norms across training seeds (mean, t-interval, Welch)."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
+from scipy import stats
 from scipy.stats import ttest_ind
 
 
@@ -64,3 +68,62 @@ def welch_difference(a: list[float] | np.ndarray, b: list[float] | np.ndarray, c
     ci = test.confidence_interval(confidence)
     return {"difference": float(a.mean() - b.mean()), "ci_low": float(ci.low), "ci_high": float(ci.high),
             "p_value": float(test.pvalue)}
+
+
+def seed_interval(values: list[float], confidence: float = 0.95, rate: bool = False) -> dict[str, Any]:
+    """Mean over seeds with a Student-t interval (the per-norm error bar); None when too few values. For a
+    ``rate`` the interval is clipped to [0, 1], the only values a fraction can take."""
+    x = np.asarray(values, dtype=float)
+    if len(x) == 0:
+        return {"mean": None, "ci_low": None, "ci_high": None, "seeds": 0}
+    mean = float(x.mean())
+    if len(x) < 2 or x.std() == 0:
+        return {"mean": mean, "ci_low": mean, "ci_high": mean, "seeds": len(x)}
+    half = float(stats.t.ppf(0.5 + confidence / 2, len(x) - 1) * x.std(ddof=1) / np.sqrt(len(x)))
+    low, high = mean - half, mean + half
+    if rate:
+        low, high = max(low, 0.0), min(high, 1.0)
+    return {"mean": mean, "ci_low": low, "ci_high": high, "seeds": len(x)}
+
+
+def summarize_tasks(runs: dict[str, dict[int, dict[str, Any]]], baseline: str) -> list[dict[str, Any]]:
+    """Per task (rows of each run's ``per_task``, same order for every run): its cells and BFS distance,
+    per norm the success rate's seed values, mean and 95% t-interval, and per non-baseline norm the Welch
+    difference from the baseline across seeds."""
+    first = next(iter(next(iter(runs.values())).values()))["per_task"]
+    rows = []
+    for k, task in enumerate(first):
+        row = {"task_index": k, **{key: task[key] for key in ("task_id", "task_name", "start_cell", "goal_cell",
+                                                              "bfs_distance") if key in task}}
+        row["success_rate"] = {n: {"per_seed": [by[s]["per_task"][k]["success_rate"] for s in by],
+                                   **seed_interval([by[s]["per_task"][k]["success_rate"] for s in by], rate=True)}
+                               for n, by in runs.items()}
+        row["comparison_vs_baseline"] = {
+            n: welch_difference(row["success_rate"][n]["per_seed"], row["success_rate"][baseline]["per_seed"])
+            for n in runs if n != baseline}
+        rows.append(row)
+    return rows
+
+
+def summarize(runs: dict[str, dict[int, dict[str, Any]]], baseline: str, metrics: list[str],
+              rates: set[str] = frozenset()) -> tuple[dict, dict]:
+    """Compare norms across seeds: ``runs[norm][seed]`` holds each seed's value of every key in
+    ``metrics``. Returns (per norm and metric: seed values, mean and 95 % t-interval, clipped to [0, 1]
+    for ``rates``; per non-baseline norm and metric: the Welch difference from the baseline across
+    seeds). A metric that is None for a seed leaves that seed out."""
+    summary = {n: {key: {"per_seed": [by_seed[s][key] for s in by_seed],
+                         **seed_interval([by_seed[s][key] for s in by_seed if by_seed[s][key] is not None],
+                                          rate=key in rates)}
+                   for key in metrics} for n, by_seed in runs.items()}
+    comparisons: dict[str, dict[str, Any]] = {}
+    for n in runs:
+        if n == baseline:
+            continue
+        comparisons[n] = {}
+        for key in metrics:
+            a = [v for v in summary[n][key]["per_seed"] if v is not None]
+            b = [v for v in summary[baseline][key]["per_seed"] if v is not None]
+            comparisons[n][key] = (welch_difference(a, b) if len(a) >= 2 and len(b) >= 2 else
+                                   {"difference": None, "ci_low": None, "ci_high": None, "p_value": None,
+                                    "note": "fewer than two seeds with a value on one side"})
+    return summary, comparisons
