@@ -73,9 +73,10 @@ def test_answer_summary_contract_and_leak(study_and_leak, script):
     # none cannot move anything beyond its receptive field; group's statistics can.
     assert all(p["beyond_rf_influence_fraction"] == 0.0 for p in planners if p["norm"] == "none")
     assert all(p["beyond_rf_influence_fraction"] > 0.0 for p in planners if p["norm"] == "group")
-    corr = res["leak"]["tiny-stitch"]["correlation"]["beyond_rf_influence_fraction"]
-    assert corr["all_planners"]["n"] == 8 and corr["norm=none"]["r"] is None  # constant leak: undefined
-    for name in ("success.png", "leak_vs_success.png"):
+    for outcome in ("success_rate", "plan_connected"):
+        corr = res["leak"]["tiny-stitch"]["correlation"][outcome]["beyond_rf_influence_fraction"]
+        assert corr["all_planners"]["n"] == 8 and corr["norm=none"]["r"] is None  # constant leak: undefined
+    for name in ("success.png", "leak_vs_success_rate.png", "leak_vs_plan_connected.png"):
         assert (run / name).stat().st_size > 10_000
 
 

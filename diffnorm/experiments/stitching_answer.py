@@ -30,6 +30,8 @@ log = logging.getLogger(__name__)
 
 # Leak-probe numbers set beside each planner's success (leak_probe results.json "comparison" keys).
 LEAK_KEYS = ("beyond_rf_influence_fraction", "goal_one_pass_max_beyond_rf", "goal_chain_mean_beyond_rf")
+# Per-planner stitching outcomes each leak number is correlated with.
+OUTCOMES = ("success_rate", "plan_connected")
 
 
 def _read_results(run: Path, job: str) -> dict[str, Any]:
@@ -85,7 +87,8 @@ def correlation(x: list[float], y: list[float], confidence: float = 0.95) -> dic
 
 
 def _leak_rows(study: dict[str, Any], leak: dict[str, Any]) -> dict[str, Any]:
-    """Per planner: success and leak; correlations across all planners and within each norm."""
+    """Per planner: stitching outcomes and leak; their correlations across all planners and within each
+    norm (``correlation[outcome][leak key][scope]``)."""
     by_planner = leak_by_planner(leak)
     rows = []
     for norm, seeds in study["runs"].items():
@@ -96,13 +99,15 @@ def _leak_rows(study: dict[str, Any], leak: dict[str, Any]) -> dict[str, Any]:
                              "plan_connected": run["plan_connected"], **by_planner[key]})
     require(bool(rows), "the leak probe measured none of the study's planners (give it checkpoints=[<study>/runs/<norm>/seed<k>, ...])")
     result: dict[str, Any] = {"planners": rows, "correlation": {}}
-    for key in LEAK_KEYS:
-        kept = [r for r in rows if key in r]
-        result["correlation"][key] = {
-            "all_planners": correlation([r[key] for r in kept], [r["success_rate"] for r in kept]),
-            **{f"norm={n}": correlation([r[key] for r in kept if r["norm"] == n],
-                                        [r["success_rate"] for r in kept if r["norm"] == n])
-               for n in sorted({r["norm"] for r in kept})}}
+    for outcome in OUTCOMES:
+        result["correlation"][outcome] = {}
+        for key in LEAK_KEYS:
+            kept = [r for r in rows if key in r]
+            result["correlation"][outcome][key] = {
+                "all_planners": correlation([r[key] for r in kept], [r[outcome] for r in kept]),
+                **{f"norm={n}": correlation([r[key] for r in kept if r["norm"] == n],
+                                            [r[outcome] for r in kept if r["norm"] == n])
+                   for n in sorted({r["norm"] for r in kept})}}
     return result
 
 
@@ -124,7 +129,7 @@ def stitching_answer(cfg: DictConfig, out: Path) -> dict[str, Any]:
     baseline = str(cfg.baseline)
     out.mkdir(parents=True, exist_ok=True)
     entries: dict[str, Any] = {}
-    per_seed: dict[str, dict[str, list[float]]] = {}  # for the figure's dots
+    summaries: dict[str, Any] = {}  # each entry's per-seed values, for the figure
     studies: dict[str, Any] = {}
     leaks: dict[str, Any] = {}
     for key, run in studies_cfg.items():
@@ -139,15 +144,17 @@ def stitching_answer(cfg: DictConfig, out: Path) -> dict[str, Any]:
         for name, block in [(key, study)] + [(f"{key}-{protocol}", b)
                                              for protocol, b in (study.get("protocols") or {}).items()]:
             entries[name] = answer_entry(study, block, baseline)
-            per_seed[name] = {n: rows["success_rate"]["per_seed"] for n, rows in block["summary"].items()}
+            summaries[name] = block["summary"]
         if key in leak_cfg:
             leak_dir = resolve_path(str(leak_cfg[key]))
             leak = _read_results(leak_dir, "leak_probe")
             leaks[key] = {"run": str(leak_dir), "horizon": leak["horizon"],
                           **_leak_rows(study, leak)}
-    figures = {"success_png": answer_bars(out / "success.png", entries, per_seed, baseline)}
+    figures = {"success_png": answer_bars(out / "success.png", entries, summaries, baseline)}
     if leaks:
-        figures["leak_vs_success_png"] = leak_scatter(out / "leak_vs_success.png", leaks, LEAK_KEYS[0])
+        for outcome in OUTCOMES:
+            figures[f"leak_vs_{outcome}_png"] = leak_scatter(out / f"leak_vs_{outcome}.png", leaks, LEAK_KEYS[0],
+                                                             outcome)
     if cfg.summary is not None:
         figures["summary"] = update_summary(resolve_path(str(cfg.summary)), entries)
     results = {"settings": OmegaConf.to_container(cfg, resolve=True), "answer": entries, "studies": studies,
@@ -163,7 +170,8 @@ def stitching_answer(cfg: DictConfig, out: Path) -> dict[str, Any]:
                       f"{row['diff_vs_none']:+.0%} [{row['diff_ci95'][0]:+.0%}, {row['diff_ci95'][1]:+.0%}]; "
                       f"connected {row['connected_mean']:.0%}")
     for key, leak in leaks.items():
-        c = leak["correlation"][LEAK_KEYS[0]]["all_planners"]
-        text = "undefined" if c["r"] is None else f"r = {c['r']:+.2f} [{c['ci95'][0]:+.2f}, {c['ci95'][1]:+.2f}]"
-        print(f"{key}: beyond-RF influence vs success over {c['n']} planners: {text}")
+        for outcome in OUTCOMES:
+            c = leak["correlation"][outcome][LEAK_KEYS[0]]["all_planners"]
+            text = "undefined" if c["r"] is None else f"r = {c['r']:+.2f} [{c['ci95'][0]:+.2f}, {c['ci95'][1]:+.2f}]"
+            print(f"{key}: beyond-RF influence vs {outcome} over {c['n']} planners: {text}")
     return results

@@ -78,55 +78,64 @@ def task_bars(path: Path, tasks: list[str], rows: list[dict[str, dict[str, Any]]
     return _save(fig, path)
 
 
-def answer_bars(path: Path, entries: dict[str, dict[str, Any]], per_seed: dict[str, dict[str, list[float]]],
+def answer_bars(path: Path, entries: dict[str, dict[str, Any]], summaries: dict[str, dict[str, Any]],
                 baseline: str) -> Path:
-    """PNG with one panel per benchmark of the stitching answer (``entries`` as
-    ``diffnorm.experiments.stitching_answer.answer_entry`` builds them): success per norm, mean over seeds
-    with its 95 % interval, each seed a dot (``per_seed[benchmark][norm]``), the baseline hatched; the
-    panel title gives the horizon and receptive field, and whether some plan index lies beyond it."""
+    """PNG of the stitching answer: one column per benchmark (``entries`` as
+    ``diffnorm.experiments.stitching_answer.answer_entry`` builds them), rows for the success rate and the
+    fraction of connected t = 0 plans; per norm the mean over seeds with its 95 % interval and each seed a
+    dot (``summaries[benchmark]``: the study's ``summary``), the baseline hatched. Column titles give the
+    horizon and receptive field, and whether some plan index lies beyond it."""
     keys = list(entries)
-    fig, axes = plt.subplots(1, len(keys), figsize=(0.8 + 2.6 * len(keys), 3.8), squeeze=False, sharey=True)
-    for ax, key in zip(axes.flat, keys):
+    rows = [("success_rate", "stitch-task success rate"), ("plan_connected", "connected t = 0 plans")]
+    fig, axes = plt.subplots(len(rows), len(keys), figsize=(0.8 + 2.6 * len(keys), 6.6), squeeze=False,
+                             sharey="row")
+    for col, key in enumerate(keys):
         entry = entries[key]
         norms = [n for n, row in entry.items() if isinstance(row, dict)]
-        for k, n in enumerate(norms):
-            row = entry[n]
-            ax.bar(k, row["success_mean"], color="tab:gray" if n == baseline else "tab:blue", alpha=0.6,
-                   hatch="//" if n == baseline else None, edgecolor="black", lw=0.5)
-            low, high = row["success_ci95"]
-            ax.errorbar(k, row["success_mean"], yerr=[[row["success_mean"] - low], [high - row["success_mean"]]],
-                        color="black", capsize=4, lw=1)
-            seeds = per_seed[key][n]
-            ax.scatter(k + np.linspace(-0.2, 0.2, len(seeds)) if len(seeds) > 1 else [k], seeds, color="black",
-                       s=12, zorder=5)
-        ax.set_xticks(np.arange(len(norms)), norms)
-        ax.set_xlabel("norm")
-        ax.set_ylim(0, 1.05)
-        ax.grid(axis="y", alpha=0.3)
+        for r, (metric, label) in enumerate(rows):
+            ax = axes[r, col]
+            for k, n in enumerate(norms):
+                cell = summaries[key][n][metric]
+                if cell["mean"] is None:
+                    continue
+                ax.bar(k, cell["mean"], color="tab:gray" if n == baseline else "tab:blue", alpha=0.6,
+                       hatch="//" if n == baseline else None, edgecolor="black", lw=0.5)
+                ax.errorbar(k, cell["mean"], yerr=[[cell["mean"] - cell["ci_low"]], [cell["ci_high"] - cell["mean"]]],
+                            color="black", capsize=4, lw=1)
+                seeds = [v for v in cell["per_seed"] if v is not None]
+                ax.scatter(k + np.linspace(-0.2, 0.2, len(seeds)) if len(seeds) > 1 else [k], seeds, color="black",
+                           s=12, zorder=5)
+            ax.set_xticks(np.arange(len(norms)), norms)
+            ax.set_xlabel("norm")
+            ax.set_ylim(0, 1.05)
+            ax.grid(axis="y", alpha=0.3)
+            if col == 0:
+                ax.set_ylabel(label)
         left, right = entry["receptive_field"]
-        ax.set_title(f"{key}\nH = {entry['horizon']}, RF {left}/{right}"
-                     f" ({'indices beyond it' if entry['beyond_rf'] else 'all within'})", fontsize=8)
-    axes.flat[0].set_ylabel("stitch-task success rate")
-    fig.suptitle("Success per norm: mean over seeds, 95 % CI, seeds as dots", fontsize=10)
+        axes[0, col].set_title(f"{key}\nH = {entry['horizon']}, RF {left}/{right}"
+                               f" ({'indices beyond it' if entry['beyond_rf'] else 'all within'})", fontsize=8)
+    fig.suptitle("Per norm: mean over seeds, 95 % CI, seeds as dots", fontsize=10)
     return _save(fig, path)
 
 
-def leak_scatter(path: Path, leaks: dict[str, dict[str, Any]], key: str) -> Path:
+def leak_scatter(path: Path, leaks: dict[str, dict[str, Any]], key: str, outcome: str = "success_rate") -> Path:
     """PNG with one panel per benchmark: each planner's leak (``key`` of the leak probe's comparison,
     e.g. the fraction of the denoiser's input influence that comes from beyond the receptive field)
-    against its stitch-task success, coloured by norm, Pearson's r over all planners in the title."""
+    against its stitching ``outcome`` (success rate, or the fraction of connected t = 0 plans),
+    coloured by norm, Pearson's r over all planners in the title."""
+    labels = {"success_rate": "stitch-task success rate", "plan_connected": "connected t = 0 plans"}
     fig, axes = plt.subplots(1, len(leaks), figsize=(0.8 + 3.4 * len(leaks), 3.6), squeeze=False)
     colors = plt.get_cmap("tab10")
     for ax, (bench, leak) in zip(axes.flat, leaks.items()):
         norms = sorted({r["norm"] for r in leak["planners"]})
         for j, n in enumerate(norms):
             rows = [r for r in leak["planners"] if r["norm"] == n and key in r]
-            ax.scatter([r[key] for r in rows], [r["success_rate"] for r in rows], color=colors(j), label=n, s=18)
-        c = leak["correlation"][key]["all_planners"]
+            ax.scatter([r[key] for r in rows], [r[outcome] for r in rows], color=colors(j), label=n, s=18)
+        c = leak["correlation"][outcome][key]["all_planners"]
         r_text = "r undefined" if c["r"] is None else f"r = {c['r']:+.2f} [{c['ci95'][0]:+.2f}, {c['ci95'][1]:+.2f}]"
         ax.set_title(f"{bench}, H = {leak['horizon']}: {r_text}", fontsize=8)
         ax.set_xlabel(key.replace("_", " "))
-        ax.set_ylabel("stitch-task success rate")
+        ax.set_ylabel(labels.get(outcome, outcome))
         ax.grid(alpha=0.3)
         ax.legend(title="norm", fontsize=7)
     return _save(fig, path)
