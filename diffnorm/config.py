@@ -20,6 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Optional
 
+from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
@@ -50,8 +51,8 @@ class EnvSchema:
     n_diffusion_steps: int
     max_episode_steps: int
     dataset_steps: int
-    # Optional keys (read with OmegaConf.select): only some envs have them.
-    observation_dim: Optional[int] = None  # OGBench's point: 2 (x, y)
+    observation_dim: int  # maze2d: 4 (x, y, vx, vy); OGBench's point: 2 (x, y)
+    # Optional key (read with OmegaConf.select): only OGBench's envs have it.
     ogbench: Optional[OgbenchEnvSchema] = None
 
 
@@ -197,7 +198,7 @@ class PlanMazeSchema:
 @dataclass
 class LearningCurveSchema:
     runs: list[str]
-    labels: Optional[dict[str, str]]
+    labels: Any  # {run dir: label} or null: a mapping given whole on the command line replaces null
     mode: str
     episodes: int
     seed: int
@@ -319,8 +320,10 @@ class StitchingStudySchema:
 
 @dataclass
 class StitchingAnswerSchema:
-    studies: Optional[dict[str, str]]
-    leak_probes: Optional[dict[str, str]]
+    # {key: run dir} or null. Typed or empty mappings are closed to new keys once Hydra composes, so a
+    # mapping given whole on the command line (studies={a: dir}) can only replace a null.
+    studies: Any
+    leak_probes: Any
     baseline: str
     summary: Optional[str]
 
@@ -473,7 +476,7 @@ SCHEMAS: dict[str, tuple[type, Callable[[dict], None] | None]] = {
 }
 
 
-def _message(err: OmegaConfBaseException) -> str:
+def config_message(err: OmegaConfBaseException) -> str:
     """OmegaConf's multi-line message as one line that leads with the key."""
     key = getattr(err, "full_key", None) or "<root>"
     first = str(getattr(err, "msg", err)).strip().splitlines()[0]
@@ -495,13 +498,25 @@ def validate_config(config_name: str, cfg: DictConfig) -> None:
     try:
         plain = OmegaConf.to_container(cfg, resolve=True)
     except OmegaConfBaseException as err:
-        raise ConfigError(_message(err)) from None
+        raise ConfigError(config_message(err)) from None
     try:
         merged = OmegaConf.merge(OmegaConf.structured(schema), plain)
     except OmegaConfBaseException as err:
-        raise ConfigError(_message(err)) from None
+        raise ConfigError(config_message(err)) from None
     missing = sorted(OmegaConf.missing_keys(merged))
     if missing:
         raise ConfigError(f"config key {missing[0]} is missing ({config_name}.yaml and its groups must set it)")
     if check is not None:
         check(OmegaConf.to_container(merged))
+
+
+def register_schemas() -> None:
+    """Store every job's schema in Hydra's ConfigStore as ``<job>_schema``. Each job's YAML names it
+    first in its defaults list, so Hydra composes the YAML onto the typed schema: an unknown key or a
+    value of the wrong type fails at composition, for scripts, sub-jobs and tests alike."""
+    store = ConfigStore.instance()
+    for job, (schema, _) in SCHEMAS.items():
+        store.store(name=f"{job}_schema", node=schema)
+
+
+register_schemas()

@@ -448,6 +448,10 @@ def test_resume_as_printed_continues_the_run_with_its_own_config(script, tmp_pat
     first = script("train_diffuser", "experiment=tiny", f"data_dir={data_dir}", "norm=none", "train.steps=3",
                    "train.log_every=1", run_dir=run)
     assert first.returncode == 0, first.stderr
+    # A run saved before env carried observation_dim (its diffusion.observation_dim has the value) resumes.
+    saved = OmegaConf.load(run / "config.yaml")
+    del saved.env["observation_dim"]
+    OmegaConf.save(saved, run / "config.yaml")
     again = script("train_diffuser", "train.resume=true", "train.steps=5", "train.log_every=1", run_dir=run)
     assert again.returncode == 0, again.stderr
     res = json.loads((run / "results.json").read_text())

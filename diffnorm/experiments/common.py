@@ -27,10 +27,25 @@ from typing import Any
 
 import numpy as np
 import torch
-from hydra.errors import CompactHydraException
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.errors import (
+    CompactHydraException,
+    ConfigCompositionException,
+    HydraException,
+    MissingConfigException,
+    OverrideParseException,
+)
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 # Re-exported: job modules and tests import the package's errors and writers from here too.
+from diffnorm.config import (  # importing it registers the job schemas with Hydra
+    config_message,
+    validate_config,
+)
 from diffnorm.devices import bf16_supported, resolve_device  # noqa: F401
 from diffnorm.errors import (  # noqa: F401
     ConfigError,
@@ -52,8 +67,6 @@ def seed_everything(seed: int) -> torch.Generator:
 
 def run_dir() -> Path:
     """The Hydra run directory when inside a Hydra job, else the current directory."""
-    from hydra.core.hydra_config import HydraConfig
-
     if HydraConfig.initialized():
         return Path(HydraConfig.get().runtime.output_dir)
     return Path.cwd()
@@ -62,7 +75,6 @@ def run_dir() -> Path:
 def launch_dir() -> Path:
     """The directory the user launched the job from: Hydra's original working directory inside a Hydra
     job (also when ``hydra.job.chdir=true`` moved the process into the run directory), else the cwd."""
-    from hydra.core.hydra_config import HydraConfig
 
     if HydraConfig.initialized():
         return Path(HydraConfig.get().runtime.cwd)
@@ -152,8 +164,6 @@ def write_results(out_dir: Path, results: dict[str, Any]) -> Path:
 
 def _hydra_job() -> tuple[str | None, bool]:
     """(config name, multirun?) of the Hydra job this process is running, (None, False) outside Hydra."""
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
 
     if not HydraConfig.initialized():
         return None, False
@@ -208,8 +218,6 @@ def run_job(job: Callable[[DictConfig, Path], Any], cfg: DictConfig) -> None:
     In a Hydra multirun a failed job writes ``error.json`` into its directory and raises to Hydra,
     which runs the remaining jobs before reporting the first failure (exit code 1). Ctrl-C still stops
     the whole sweep."""
-    from diffnorm.config import validate_config
-
     out = run_dir()
     name, multirun = _hydra_job()
     # A job started in the background by a non-interactive shell inherits SIGINT as ignored; an explicit
@@ -267,36 +275,52 @@ def _closest(key: str, config: DictConfig) -> str:
 
 
 def composition_error(config_name: str, overrides: list[str]) -> str | None:
-    """One line naming what is wrong with ``overrides`` of a job's config, or None if they compose.
-
-    Hydra's own messages for an unknown config-group option (``norm=grup``) or an unknown key
-    (``train.stepz=5``) run over many lines and exit 1; this names the group and its options, or the key
-    and the closest existing one, so the script can keep its one-line ``error:``, exit 2 promise."""
-    from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
-
+    """One line naming what is wrong with ``overrides`` of a job's config, or None if they compose
+    (``compose_job``'s ConfigError message; Hydra's own settings, ``hydra.*``, are Hydra's to check)."""
     task = [o for o in overrides if not o.lstrip("+~").startswith("hydra.")]
     try:
         compose_job(config_name, task)
         return None
-    except MissingConfigException as err:
+    except ConfigError as err:
+        return str(err)
+
+
+def _composition_message(config_name: str, overrides: list[str], err: Exception) -> str:
+    """Hydra's multi-line composition errors as one line: an unknown config-group option (``norm=grup``)
+    names the group and its options, an unknown key (``train.stepz=5``) the closest existing one, a
+    value of the wrong type for the job's schema the key and the type."""
+
+    if isinstance(err, MissingConfigException):
         group, _, option = str(err.missing_cfg_file or "").rpartition("/")
         if group and err.options:
             return f"{group}={option} is not an option of the config group {group!r}; choose one of {err.options}"
         return " ".join(str(err).split("Config search path")[0].split())
-    except OverrideParseException as err:
+    if isinstance(err, OverrideParseException):
         reason = " ".join(str(err).split()).split(" See https")[0]  # Hydra appends a link to its grammar
         return f"cannot parse the override: {reason} (quote list items: key='[\"a=1\",\"b=2\"]')"
-    except ConfigCompositionException as err:
-        text = " ".join(str(err).split())
-        if text.startswith("Could not override '"):
-            key = text.split("'")[1]
-            base = compose_job(config_name, [])
-            absent = object()
-            if OmegaConf.select(base, key, default=absent) is absent:
-                return f"unknown config key {key}{_closest(key, base)}"
-            cause = str(err.__cause__ or text).strip().splitlines()[0]
-            return f"config key {key} cannot be set to that value: {cause}"
-        return text
+    text = " ".join(str(err).split())
+    if isinstance(err, ConfigCompositionException) and text.startswith("Could not "):
+        key = text.split("'")[1] if "'" in text else ""
+        base = _composed_without(config_name, overrides, key)
+        absent = object()
+        if OmegaConf.select(base, key, default=absent) is absent:
+            return f"unknown config key {key}{_closest(key, base)}"
+        cause = str(err.__cause__ or text).strip().splitlines()[0]
+        return f"config key {key} cannot be set to that value: {cause}"
+    if isinstance(err.__cause__, OmegaConfBaseException):
+        if "does not support deletion" in str(err.__cause__):  # ~key on a field the schema requires
+            return f"config key {getattr(err.__cause__, 'full_key', '?')} cannot be deleted: the job needs it"
+        return config_message(err.__cause__)  # a value of the wrong type for the job's schema
+    return text
+
+
+def _composed_without(config_name: str, overrides: list[str], key: str) -> DictConfig:
+    """The config composed with ``overrides`` except the one setting ``key`` (the config the user's other
+    choices make, e.g. ``norm=none``), or with the defaults if those do not compose either."""
+    try:
+        return _compose(config_name, [o for o in overrides if o.lstrip("+~").split("=")[0] != key])
+    except Exception:  # noqa: BLE001 - any other bad override: fall back to the defaults
+        return _compose(config_name, [])
 
 
 def preflight(config_name: str, argv: list[str] | None = None) -> None:
@@ -313,10 +337,17 @@ def preflight(config_name: str, argv: list[str] | None = None) -> None:
 
 
 def compose_job(config_name: str, overrides: list[str]) -> DictConfig:
-    """A job's config composed exactly as its script would, from inside a Hydra job or outside one
-    (a worker process, a test)."""
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
+    """A job's config composed exactly as its script would, from inside a Hydra job or outside one (a
+    worker process, a test), onto the job's typed schema: an unknown key, a value of the wrong type or
+    an unknown config-group option is a ConfigError with one line that names it."""
+
+    try:
+        return _compose(config_name, overrides)
+    except (HydraException, OmegaConfBaseException) as err:
+        raise ConfigError(_composition_message(config_name, overrides, err)) from None
+
+
+def _compose(config_name: str, overrides: list[str]) -> DictConfig:
 
     if GlobalHydra.instance().is_initialized():
         return compose(config_name, overrides=overrides)

@@ -14,7 +14,8 @@ from typing import Any
 
 import numpy as np
 import torch
-from omegaconf import DictConfig, OmegaConf
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from diffnorm.config import validate_config
 from diffnorm.data.d4rl_format import load_dataset, read_attrs
@@ -92,7 +93,6 @@ def env_option_of(env: DictConfig) -> str:
 def _command_line_keys() -> set[str]:
     """The keys and config groups named on train_diffuser's command line (``norm=group`` names ``norm``)
     when this process runs that script; empty otherwise (in-process callers, other jobs)."""
-    from hydra.core.hydra_config import HydraConfig
 
     if not HydraConfig.initialized() or HydraConfig.get().job.config_name != "train_diffuser":
         return set()
@@ -124,6 +124,9 @@ def resume_config(cfg: DictConfig, out: Path) -> DictConfig:
     changes to what makes the run itself (norm, model, data, optimizer), naming the keys."""
     require((out / CONFIG).is_file(), f"train.resume=true but {out / CONFIG} does not exist")
     saved = OmegaConf.load(out / CONFIG)
+    if OmegaConf.select(saved, "env.observation_dim") is None:  # saved before env carried the key
+        with open_dict(saved):
+            saved.env.observation_dim = saved.diffusion.observation_dim
     given = {k: v for k, v in explicit_settings(cfg).items() if k != "preset"}
     return _apply(saved, given)
 

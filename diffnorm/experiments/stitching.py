@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from diffnorm.analysis.influence import sees_both_ends
@@ -168,7 +169,6 @@ def env_option(cfg: DictConfig) -> str:
     Inside a Hydra run it is Hydra's recorded choice. A config composed outside one (tests, workers) does
     not record it; there the configs' naming rule gives it back: maze2d-<maze> is ``maze2d_<maze>``, an
     OGBench twin ``ogbench_<its id without -v0>``."""
-    from hydra.core.hydra_config import HydraConfig
 
     if HydraConfig.initialized():
         return str(HydraConfig.get().runtime.choices["env"])
