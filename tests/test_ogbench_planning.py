@@ -117,6 +117,7 @@ def test_env_config_trains_and_the_study_reports_per_task_success(tmp_path):
     one = results["runs"]["group"]["0"]
     assert one["success_rate_final"] is None and one["score_mean"] is None and one["replan_every"] == 10
     assert one["plan_rounds"] == 2 and one["steps"] == 20  # replanned once; no episode reached its goal
+    assert one["plans_per_episode"] == 2.0
     task = results["per_task"][0]
     assert set(task["success_rate"]) == {"group", "none"} and len(task["success_rate"]["group"]["per_seed"]) == 2
     assert "group" in task["comparison_vs_baseline"]

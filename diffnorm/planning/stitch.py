@@ -165,7 +165,10 @@ def evaluate_on_ogbench_tasks(run: Path, maze: str, episodes_per_task: int, seed
         "plans_touching_walls": float(in_wall(maze, first).any(axis=-1).mean()),
         **_path_means(per_episode),
         "plan_goal_jump_mean": float(step_len[:, -1].mean()), "plan_step_median": float(np.median(step_len)),
-        "plan_rounds": len(ev.plans), "planning_seconds": round(ev.planning_seconds, 3),
+        "plan_rounds": len(ev.plans),
+        # plans an episode followed: the rounds planned before it ended (an episode ends at its goal)
+        "plans_per_episode": float(np.mean([sum(t < n for t in ev.plan_steps) for n in steps])),
+        "planning_seconds": round(ev.planning_seconds, 3),
         "rollout_seconds": round(seconds, 3), "per_task": per_task, "per_episode": per_episode,
     }
     # Paths end at different steps (at the goal): pad each with its last position; plans made after an
