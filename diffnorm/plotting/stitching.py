@@ -134,7 +134,7 @@ def leak_scatter(path: Path, leaks: dict[str, dict[str, Any]], key: str, outcome
         c = leak["correlation"][outcome][key]["all_planners"]
         r_text = "r undefined" if c["r"] is None else f"r = {c['r']:+.2f} [{c['ci95'][0]:+.2f}, {c['ci95'][1]:+.2f}]"
         ax.set_title(f"{bench}, H = {leak['horizon']}: {r_text}", fontsize=8)
-        ax.set_xlabel(key.replace("_", " "))
+        ax.set_xlabel(key.replace("beyond_rf", "beyond-RF").replace("_", " "))
         ax.set_ylabel(labels.get(outcome, outcome))
         ax.grid(alpha=0.3)
         ax.legend(title="norm", fontsize=7)

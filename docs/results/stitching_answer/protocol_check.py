@@ -14,8 +14,9 @@ import time
 import numpy as np
 import torch
 
-from diffnorm.data.generate import stitch_tasks
+from diffnorm.data.generate import stitch_task_cells, stitch_tasks
 from diffnorm.planning.rollout import Protocol, evaluate_planner
+from diffnorm.planning.stitch import plan_path_stats
 from diffnorm.training.checkpoint import load_checkpoint
 
 torch.set_num_threads(1)
@@ -30,9 +31,16 @@ for run in RUNS:
     for name in ("open_loop", "replan_8", "replan_32", "off_plan_0.5", "off_plan_1"):
         protocol = Protocol.parse(name)
         tic = time.perf_counter()
-        m = evaluate_planner(loaded, episodes=len(starts), starts=starts, goals=goals, seed=0,
-                             replan_every=protocol.replan_every, replan_off_plan=protocol.replan_off_plan).metrics
+        evaluation = evaluate_planner(loaded, episodes=len(starts), starts=starts, goals=goals, seed=0,
+                                      replan_every=protocol.replan_every, replan_off_plan=protocol.replan_off_plan)
+        m = evaluation.metrics
         success = np.array([e["success"] for e in m["per_episode"]])
+        if name == "open_loop":  # the t = 0 plans are the same under every protocol (same seed, same batch)
+            plans = evaluation.rollouts.plans[0]
+            cells = stitch_task_cells("maze2d-umaze")
+            connected = np.mean([plan_path_stats("maze2d-umaze", plans[k, :, :2], cells[k // EPISODES][1],
+                                                 cells[k // EPISODES][2])["plan_connected"] for k in range(len(plans))])
+            print(f"{loaded.cfg.norm.name:>6} step {loaded.step}: connected t = 0 plans {connected:.3f}")
         print(f"{loaded.cfg.norm.name:>6} step {loaded.step} {name:>13}: success {success.mean():.3f} "
               f"(task 0 {success[:EPISODES].mean():.2f}, task 1 {success[EPISODES:].mean():.2f}), "
               f"score {m['score_mean']:6.1f} ± {m['score_sem']:4.1f}, plans/episode {m['plans_per_episode']:.2f}, "
