@@ -123,12 +123,17 @@ def resume_config(cfg: DictConfig, out: Path) -> DictConfig:
     ``train.resume=true hydra.run.dir=<run>`` alone continues it. ``_check_resume_matches`` then refuses
     changes to what makes the run itself (norm, model, data, optimizer), naming the keys."""
     require((out / CONFIG).is_file(), f"train.resume=true but {out / CONFIG} does not exist")
+    given = {k: v for k, v in explicit_settings(cfg).items() if k != "preset"}
+    return _apply(saved_config(out), given)
+
+
+def saved_config(out: Path) -> DictConfig:
+    """A run's config.yaml, with the keys added since it was written filled in from what the run used."""
     saved = OmegaConf.load(out / CONFIG)
     if OmegaConf.select(saved, "env.observation_dim") is None:  # saved before env carried the key
         with open_dict(saved):
             saved.env.observation_dim = saved.diffusion.observation_dim
-    given = {k: v for k, v in explicit_settings(cfg).items() if k != "preset"}
-    return _apply(saved, given)
+    return saved
 
 
 def cpu_preset_name(maze: str) -> str:
@@ -156,7 +161,7 @@ def _check_resume_matches(out: Path, cfg: DictConfig) -> TrajectoryScaler:
     """The saved config must describe the same run; return the run's scaler so the data scales alike."""
     for name in (CONFIG, SCALER):
         require((out / name).is_file(), f"train.resume=true but {out / name} does not exist")
-    saved, now = _identity(OmegaConf.load(out / CONFIG)), _identity(cfg)
+    saved, now = _identity(saved_config(out)), _identity(cfg)
     diff = [f"{k}: run {saved.get(k)} vs now {now.get(k)}" for k in sorted(set(saved) | set(now))
             if saved.get(k) != now.get(k)]
     require(not diff, f"train.resume=true in {out}, but the config differs from the run's: {'; '.join(diff)}")
