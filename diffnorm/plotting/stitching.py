@@ -12,6 +12,21 @@ import numpy as np
 from diffnorm.plotting.planning import _save
 
 
+def _seed_bars(ax: plt.Axes, norms: list[str], cells: list[dict[str, Any]], baseline: str, spread: float) -> None:
+    """One bar per norm at ``cells[k]``'s mean over seeds, its 95 % interval as an error bar and each seed
+    a dot (spread over +-``spread``); the baseline grey and hatched. A cell without a mean is left out."""
+    for k, (n, cell) in enumerate(zip(norms, cells)):
+        if cell["mean"] is None:
+            continue
+        ax.bar(k, cell["mean"], color="tab:gray" if n == baseline else "tab:blue", alpha=0.6,
+               hatch="//" if n == baseline else None, edgecolor="black", lw=0.5)
+        ax.errorbar(k, cell["mean"], yerr=[[cell["mean"] - cell["ci_low"]], [cell["ci_high"] - cell["mean"]]],
+                    color="black", capsize=4, lw=1)
+        seeds = [v for v in cell["per_seed"] if v is not None]
+        ax.scatter(k + np.linspace(-spread, spread, len(seeds)) if len(seeds) > 1 else [k], seeds, color="black",
+                   s=12, zorder=5)
+
+
 def norm_bars(path: Path, summary: dict[str, dict[str, Any]], metrics: list[tuple[str, str]], baseline: str,
               title: str = "") -> Path:
     """PNG with one panel per ``(key, label)`` in ``metrics``: for each norm of ``summary`` (as built by
@@ -21,17 +36,7 @@ def norm_bars(path: Path, summary: dict[str, dict[str, Any]], metrics: list[tupl
     fig, axes = plt.subplots(1, len(metrics), figsize=(1.2 + 1.1 * len(norms) * len(metrics), 3.6), squeeze=False)
     x = np.arange(len(norms))
     for ax, (key, label) in zip(axes.flat, metrics):
-        for k, n in enumerate(norms):
-            row = summary[n][key]
-            if row["mean"] is None:
-                continue
-            ax.bar(k, row["mean"], color="tab:gray" if n == baseline else "tab:blue", alpha=0.6,
-                   hatch="//" if n == baseline else None, edgecolor="black", lw=0.5)
-            ax.errorbar(k, row["mean"], yerr=[[row["mean"] - row["ci_low"]], [row["ci_high"] - row["mean"]]],
-                        color="black", capsize=4, lw=1)
-            seeds = [v for v in row["per_seed"] if v is not None]
-            ax.scatter(k + np.linspace(-0.15, 0.15, len(seeds)) if len(seeds) > 1 else [k], seeds, color="black",
-                       s=12, zorder=5)
+        _seed_bars(ax, norms, [summary[n][key] for n in norms], baseline, spread=0.15)
         ax.set_xticks(x, norms)
         ax.set_xlabel("norm")
         ax.set_ylabel(label)
@@ -94,17 +99,7 @@ def answer_bars(path: Path, entries: dict[str, dict[str, Any]], summaries: dict[
         norms = [n for n, row in entry.items() if isinstance(row, dict)]
         for r, (metric, label) in enumerate(rows):
             ax = axes[r, col]
-            for k, n in enumerate(norms):
-                cell = summaries[key][n][metric]
-                if cell["mean"] is None:
-                    continue
-                ax.bar(k, cell["mean"], color="tab:gray" if n == baseline else "tab:blue", alpha=0.6,
-                       hatch="//" if n == baseline else None, edgecolor="black", lw=0.5)
-                ax.errorbar(k, cell["mean"], yerr=[[cell["mean"] - cell["ci_low"]], [cell["ci_high"] - cell["mean"]]],
-                            color="black", capsize=4, lw=1)
-                seeds = [v for v in cell["per_seed"] if v is not None]
-                ax.scatter(k + np.linspace(-0.2, 0.2, len(seeds)) if len(seeds) > 1 else [k], seeds, color="black",
-                           s=12, zorder=5)
+            _seed_bars(ax, norms, [summaries[key][n][metric] for n in norms], baseline, spread=0.2)
             ax.set_xticks(np.arange(len(norms)), norms)
             ax.set_xlabel("norm")
             ax.set_ylim(0, 1.05)
