@@ -175,13 +175,13 @@ def run_episodes(planner: Planner, env_name: str, resets: list[tuple[int, dict[s
                     f"the planner returned {new.shape}, expected [{int(due.sum())}, horizon, 4]")
             if plans is None:
                 plans = new
-            else:
+            else:  # a new array each round, so the rounds kept in out.plans stay as they were
                 plans = plans.copy()
                 plans[due] = new
             plan_start[due] = t
-            out.plans.append(plans.copy())
+            out.plans.append(plans)
             out.plan_steps.append(t)
-            out.replanned.append(due.copy())
+            out.replanned.append(due)
         index = t - plan_start
         target = plan_target(plans, index)
         actions = controller_action(target, states[:, t])
