@@ -229,6 +229,13 @@ class LeakProbeSchema:
 
 
 @dataclass
+class ToyInputsSchema:
+    kind: str
+    levels: int
+    period: int
+
+
+@dataclass
 class LocalizationSchema:
     norm: Any
     length: int
@@ -245,12 +252,14 @@ class LocalizationSchema:
     eval_batch_size: int
     workers: int
     probe: Optional[ToyProbeSchema]
+    inputs: ToyInputsSchema
 
 
 @dataclass
 class GroupnormGroupsSchema(LocalizationSchema):
     groups: list[int]
     lrs: list[float]
+    n_test_more: Optional[int]
 
 
 @dataclass
@@ -258,6 +267,33 @@ class BatchnormStatsSchema(LocalizationSchema):
     effective_batch: int
     batch_sizes: list[int]
     momentum: float
+
+
+@dataclass
+class LocalizationNormsSchema(LocalizationSchema):
+    norms: list[str]
+    norm_batch: int
+
+
+@dataclass
+class UninformativeInputsSchema(LocalizationSchema):
+    input_kinds: list[Any]
+
+
+@dataclass
+class ToyRunsSchema:
+    localization: str
+    packnorm_overlap: str
+    groupnorm_groups: str
+    batchnorm_stats: str
+    localization_norms: str
+    uninformative_inputs: str
+
+
+@dataclass
+class ToySummarySchema:
+    runs: ToyRunsSchema
+    summary: Optional[str]
 
 
 @dataclass
@@ -467,6 +503,9 @@ SCHEMAS: dict[str, tuple[type, Callable[[dict], None] | None]] = {
     "localization": (LocalizationSchema, _check_localization),
     "groupnorm_groups": (GroupnormGroupsSchema, None),
     "batchnorm_stats": (BatchnormStatsSchema, None),
+    "localization_norms": (LocalizationNormsSchema, None),
+    "uninformative_inputs": (UninformativeInputsSchema, None),
+    "toy_summary": (ToySummarySchema, None),
     "packnorm_overlap": (PacknormOverlapSchema, None),
     "controller_baseline": (ControllerBaselineSchema, None),
     "make_maze_dataset": (MakeMazeDatasetSchema, None),

@@ -67,3 +67,43 @@ def test_overlap_construction_and_swap_symmetry():
     torch.testing.assert_close(y1, z1)
     torch.testing.assert_close(y2, z2)
     assert pair_loss(model, x1, x2) > 0
+
+
+@pytest.mark.parametrize("kind,settings", [("gaussian", {}), ("quantized", {"levels": 3}),
+                                           ("periodic", {"period": 5}), ("constant", {})])
+def test_input_kinds_have_the_structure_they_are_named_for(kind, settings):
+    x = sample_inputs(500, 23, seed=0, inputs={"kind": kind, **settings})
+    assert x.shape == (500, 1, 23)
+    if kind == "gaussian":
+        assert abs(float(x.std()) - 1) < 0.05 and x.unique().numel() == x.numel()
+    if kind == "quantized":  # three equiprobable values spread over [-1, 1]
+        values, counts = x.unique(return_counts=True)
+        assert values.tolist() == [-1.0, 0.0, 1.0] and (counts / x.numel() - 1 / 3).abs().max() < 0.02
+    if kind == "periodic":
+        assert torch.equal(x[..., 5:], x[..., :-5]) and not torch.equal(x[..., 1:], x[..., :-1])
+    if kind == "constant":
+        assert torch.equal(x, x[..., :1].expand_as(x)) and x[:, 0, 0].std() > 0.5
+    assert torch.equal(x, sample_inputs(500, 23, seed=0, inputs={"kind": kind, **settings}))
+
+
+def test_unknown_input_kind_is_one_line_error():
+    with pytest.raises(ValueError, match="inputs.kind='noise' is not one of gaussian"):
+        sample_inputs(2, 8, seed=0, inputs={"kind": "noise"})
+
+
+@pytest.mark.parametrize("kind,period", [("constant", 1), ("periodic", 3)])
+def test_repeated_inputs_leave_a_trained_norm_network_nothing_to_localize(kind, period):
+    """Sec. 3.2: where the window an index sees repeats along the sequence, even InstanceNorm cannot tell
+    the repeats apart, so predictions one period apart coincide exactly away from the edges."""
+    torch.manual_seed(0)
+    depth, kernel, length = 2, 3, 30
+    radius = depth * (kernel - 1) // 2
+    inputs = {"kind": kind, "period": period}
+    model = LocalizationCNN(depth, kernel, 8, norm_factory("instance"))
+    train_localization(model, length, steps=60, lr=3e-3, batch_size=16, seed=0, inputs=inputs)
+    preds = predict(model, sample_inputs(200, length, seed=1, inputs=inputs), 100)
+    inner = preds[:, radius:length - radius]
+    assert np.abs(inner).max() > 0
+    np.testing.assert_allclose(inner[:, period:], inner[:, :-period], atol=1e-6)
+    if kind == "constant":
+        assert not localized_indices(preds)[radius:length - radius].any()

@@ -1,7 +1,15 @@
 """Every toy script end to end in a subprocess with tiny settings, and its bad-input errors."""
 
+import json
+
+import numpy as np
 import pytest
 from conftest import load_results
+
+from diffnorm.experiments import toy
+from diffnorm.experiments.common import compose_job
+from diffnorm.experiments.toy_summary import CLAIMS, channel_is_leak_free, fig1_none_edges, fig4_groups_trend
+from diffnorm.probing.stats import localization_distance
 
 TINY = ["steps=30", "seeds=[0]", "n_test=60", "workers=1", "length=24", "depth=2", "kernel_size=3", "hidden=8"]
 
@@ -41,6 +49,100 @@ def test_packnorm_script(script, tmp_path):
     res = load_results(tmp_path)
     assert set(res["mean_test_mse"]) == {"0", "8"}
     assert (tmp_path / "fig3_packnorm_overlap.png").exists()
+
+
+def test_localization_norms_script(script, tmp_path):
+    proc = script("localization_norms", *TINY, "batch_size=4", "norm_batch=2", "norms=[none,batch,channel]",
+                  run_dir=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    res = load_results(tmp_path)
+    assert list(res["norms"]) == ["none", "batch (b = 2), minibatch statistics", "batch (b = 2), population statistics",
+                                  "channel"]
+    assert res["settings"]["norm_batch"] == 2 and res["interior_size"] == 20
+    assert (tmp_path / "norms_localization.png").stat().st_size > 0
+
+
+def test_uninformative_inputs_script(script, tmp_path):
+    proc = script("uninformative_inputs", *TINY, "input_kinds=[{kind: gaussian},{kind: periodic, period: 3}]",
+                  run_dir=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    res = load_results(tmp_path)
+    assert list(res["inputs"]) == ["gaussian", "periodic, period=3"]
+    assert res["inputs"]["periodic, period=3"]["inputs"] == {"kind": "periodic", "levels": 2, "period": 3}
+    assert (tmp_path / "uninformative_inputs.png").stat().st_size > 0
+
+
+def test_bad_input_kind_fails_with_one_line(script, tmp_path):
+    proc = script("uninformative_inputs", *TINY, "input_kinds=[{kind: noisy}]", run_dir=tmp_path)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: inputs.kind='noisy' is not one of")
+
+
+def test_toy_summary_judges_every_claim_from_the_runs(script, tmp_path):
+    tiny = [o for o in TINY if not o.startswith("seeds")] + ["seeds=[0,1]"]
+    jobs = {"localization": ["probe.steps=20", "probe.n_train=16", "probe.n_test=60"],
+            "groupnorm_groups": ["groups=[1,2]", "lrs=[1e-3]", "n_test_more=100"],
+            "batchnorm_stats": ["effective_batch=4", "batch_sizes=[1,2]"],
+            "localization_norms": ["batch_size=4", "norms=[none,channel]"],
+            "uninformative_inputs": ["input_kinds=[{kind: gaussian},{kind: constant}]"]}
+    runs = []
+    for job, extra in jobs.items():
+        getattr(toy, job)(compose_job(job, [*tiny, *extra]), tmp_path / job)
+        runs.append(f"runs.{job}={tmp_path / job}")
+    toy.packnorm_overlap(compose_job("packnorm_overlap", ["steps=20", "seeds=[0,1]", "n_test=16", "workers=1",
+                                                          "length=16", "depth=2", "kernel_size=3", "hidden=4",
+                                                          "overlaps=[0,8]"]), tmp_path / "packnorm_overlap")
+    runs.append(f"runs.packnorm_overlap={tmp_path / 'packnorm_overlap'}")
+    proc = script("toy_summary", *runs, f"summary={tmp_path / 'summary.json'}", run_dir=tmp_path / "summary")
+    assert proc.returncode == 0, proc.stderr
+    claims = json.loads((tmp_path / "summary.json").read_text())
+    assert list(claims) == ["fig1_none_edges", "fig1_norm_all", "fig1b_depth", "fig3_overlap", "fig4_groups_trend",
+                            "fig56_batch_minibatch", "fig56_batch_population", "sec32_uninformative_inputs",
+                            "channel_is_leak_free"] == list(CLAIMS)
+    for claim in claims.values():
+        assert set(claim) == {"paper", "ours", "matches", "seeds"}
+        assert claim["seeds"] == 2 and isinstance(claim["matches"], bool) and claim["ours"]
+
+
+def test_toy_summary_names_a_missing_run(script, tmp_path):
+    proc = script("toy_summary", f"runs.localization={tmp_path / 'nowhere'}", run_dir=tmp_path / "summary")
+    assert proc.returncode == 2
+    assert "runs.localization=" in proc.stderr.strip().splitlines()[-1]
+
+
+def _fig1(none_masks: list[list[bool]], r: int = 2) -> dict:
+    length = len(none_masks[0])
+    inner = slice(r, length - r)
+    masks = [np.array(m) for m in none_masks]
+    return {"receptive_field": r, "settings": {"length": length},
+            "norms": {"none": {"localization_distance": [localization_distance(m) for m in masks],
+                               "localized_total": [int(m.sum()) for m in masks],
+                               "localized_interior": [int(m[inner].sum()) for m in masks],
+                               "interior_size": inner.stop - inner.start}}}
+
+
+def test_claim_rules_follow_the_numbers():
+    edges = [True, True, False, False, False, False, True, True]
+    assert fig1_none_edges(_fig1([edges, edges]))["matches"]
+    leaky = edges[:4] + [True] + edges[5:]
+    assert not fig1_none_edges(_fig1([edges, leaky]))["matches"]
+
+    def spread(values):
+        return {"per_seed": values, "mean": sum(values) / len(values)}
+
+    def norms(channel_interior):
+        row = lambda n: {"localized_interior": spread(n), "localization_distance": spread([16] * len(n))}
+        return {"receptive_field": 16, "interior_size": 32, "norms": {"none": row([0, 0]), "channel": row(channel_interior)}}
+    assert channel_is_leak_free(norms([0, 0]))["matches"]
+    assert not channel_is_leak_free(norms([0, 3]))["matches"]
+
+    def fig4(rho, p):
+        entry = {"localized_interior": spread([0, 1]), "localization_distance": spread([16, 16])}
+        return {"groups": {"1": entry, "32": entry}, "interior_size": 32, "settings": {},
+                "trend": {"spearman_rho": rho, "p_value": p, "n": 4}}
+    assert fig4_groups_trend(fig4(0.8, 0.01))["matches"]
+    assert not fig4_groups_trend(fig4(0.8, 0.2))["matches"]
+    assert not fig4_groups_trend(fig4(-0.8, 0.01))["matches"]
 
 
 @pytest.mark.parametrize("override,named", [

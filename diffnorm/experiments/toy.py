@@ -12,16 +12,24 @@ from typing import Any
 import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
+from scipy.stats import spearmanr
 
 from diffnorm.analysis.receptive_field import receptive_field
-from diffnorm.experiments.common import require, write_results
+from diffnorm.experiments.common import compose_job, require, write_results
 from diffnorm.experiments.parallel import map_trials
 from diffnorm.models.norms import norm_factory
 from diffnorm.plotting import toy as plots
 from diffnorm.probing.hooks import record_activations
 from diffnorm.probing.probes import localize_sites
 from diffnorm.probing.stats import localization_distance, localized_indices
-from diffnorm.toy.localization import LocalizationCNN, predict, ramp_target, sample_inputs, train_localization
+from diffnorm.toy.localization import (
+    LocalizationCNN,
+    check_inputs,
+    predict,
+    ramp_target,
+    sample_inputs,
+    train_localization,
+)
 from diffnorm.toy.packnorm import TwoStreamCNN, evaluate_packnorm, train_packnorm
 
 
@@ -47,36 +55,40 @@ def _tail_mean(losses: list[float], n: int = 100) -> float:
 
 def localization_trial(norm: dict, seed: int, length: int, depth: int, kernel_size: int, hidden: int,
                        lr: float, batch_size: int, steps: int, accumulation: int, alpha: float,
-                       n_test: int, eval_batch_size: int, probe: dict | None) -> dict[str, Any]:
+                       n_test: int, eval_batch_size: int, probe: dict | None, inputs: dict | None = None,
+                       n_test_more: int | None = None) -> dict[str, Any]:
     """Train one Eq. 1 CNN and measure which indices it (and, with ``probe``, each layer) localizes.
 
     ``norm`` may carry ``eval_stats``: a list of BatchNorm inference-statistics modes to evaluate the
-    same trained network under."""
+    same trained network under. ``inputs`` are ``draw_inputs`` settings for training and test.
+    ``n_test_more`` repeats the measurement of the same network with that many test predictions
+    (under ``"more_tests"``): Welch's test gains power where neighbouring means differ little."""
     torch.manual_seed(seed)
     norm = dict(norm)
     eval_modes = norm.pop("eval_stats", None)
     model = LocalizationCNN(depth, kernel_size, hidden, norm_factory(**norm))
     losses = train_localization(model, length, steps, lr, batch_size, accumulation, seed=seed, progress=True,
-                                desc=f"{_norm_label(norm)} seed {seed}")
-    test_inputs = sample_inputs(n_test, length, seed=10_000 + seed)
+                                desc=f"{_norm_label(norm)} seed {seed}", inputs=inputs)
     target = ramp_target(length).numpy()
 
-    def measure() -> dict[str, Any]:
-        preds = predict(model, test_inputs, eval_batch_size)
+    def measure(n: int) -> dict[str, Any]:
+        preds = predict(model, sample_inputs(n, length, seed=10_000 + seed, inputs=inputs), eval_batch_size)
         mask = localized_indices(preds, alpha)
         return {"test_loss": float(((preds - target) ** 2).mean()), "pred_mean": preds.mean(0),
                 "pred_std": preds.std(0), "localized": mask, "distance": localization_distance(mask)}
 
-    result: dict[str, Any] = {"norm": norm, "seed": seed, "loss_curve": losses[:: max(1, steps // 200)],
-                              "final_train_loss": _tail_mean(losses)}
+    result: dict[str, Any] = {"norm": norm, "seed": seed, "lr": lr, "inputs": inputs,
+                              "loss_curve": losses[:: max(1, steps // 200)], "final_train_loss": _tail_mean(losses)}
     if eval_modes:
         for mode in eval_modes:
             for module in model.modules():
                 if hasattr(module, "inference_stats"):
                     module.inference_stats = mode
-            result[mode] = measure()
+            result[mode] = measure(n_test)
     else:
-        result.update(measure())
+        result.update(measure(n_test))
+        if n_test_more:
+            result["more_tests"] = measure(n_test_more)
     if probe:
         result["probe_localized"] = probe_localization(model, length, alpha, seed=seed, **probe)
     return result
@@ -99,13 +111,15 @@ def probe_localization(model: LocalizationCNN, length: int, alpha: float, seed: 
 
 
 def _trial_settings(cfg: DictConfig) -> dict[str, Any]:
-    return {k: cfg[k] for k in ("length", "depth", "kernel_size", "hidden", "lr", "batch_size", "steps",
-                                "accumulation", "alpha", "n_test", "eval_batch_size")}
+    settings = {k: cfg[k] for k in ("length", "depth", "kernel_size", "hidden", "lr", "batch_size", "steps",
+                                    "accumulation", "alpha", "n_test", "eval_batch_size")}
+    return dict(settings, inputs=OmegaConf.to_container(cfg.inputs))
 
 
 def _check_toy(cfg: DictConfig) -> int:
     _check_positive(cfg, "length", "depth", "hidden", "steps", "batch_size", "n_test", "accumulation")
     require(cfg.kernel_size >= 1 and cfg.kernel_size % 2 == 1, f"kernel_size={cfg.kernel_size} must be odd and positive")
+    check_inputs(**cfg.inputs)
     radius = cfg.depth * (cfg.kernel_size - 1) // 2
     _check_interior(cfg.length, radius)
     return radius
@@ -138,6 +152,7 @@ def localization(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
             "localized_interior": [int(t["localized"][inner].sum()) for t in mine],
             "interior_size": inner.stop - inner.start,
             "localized_mask": [t["localized"] for t in mine],
+            "probe_localized": [t["probe_localized"] for t in mine] if cfg.probe else None,
         }
     results = {"settings": OmegaConf.to_container(cfg), "receptive_field": radius, "norms": summary}
     write_results(out_dir, results)
@@ -151,30 +166,65 @@ def localization(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     return results
 
 
+def _spread(values: list[float]) -> dict[str, Any]:
+    """Mean and range over seeds."""
+    return {"mean": float(np.mean(values)), "min": float(np.min(values)), "max": float(np.max(values)),
+            "per_seed": list(values)}
+
+
+def _outcome(trials: list[dict], inner: slice, key: str | None = None) -> dict[str, Any]:
+    """Localization distance, interior indices localized and test MSE of ``trials`` (one per seed), each
+    as mean and range; ``key`` picks a nested measurement (an inference mode, ``more_tests``)."""
+    ms = [t[key] if key else t for t in trials]
+    return {"localization_distance": _spread([m["distance"] for m in ms]),
+            "localized_interior": _spread([int(m["localized"][inner].sum()) for m in ms]),
+            "test_loss": _spread([m["test_loss"] for m in ms]),
+            "seeds": [t["seed"] for t in trials]}
+
+
 def groupnorm_groups(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
-    """Fig. 4: localization distance versus the number of GroupNorm groups, best over ``cfg.lrs``."""
-    _check_toy(cfg)
+    """Fig. 4: localization versus the number of GroupNorm groups over ``cfg.seeds``, for each of ``cfg.lrs``.
+
+    Per number of groups, the learning rate with the lowest mean final *training* loss is reported
+    (chosen without looking at the test), with the paper's localization distance, the number of
+    interior indices localized (which can rise while the distance, needing every index up to it, stays
+    at the receptive field) and the test MSE; ``n_test_more`` re-tests the same networks with more
+    predictions. The trend is Spearman's rank correlation of interior indices with groups over seeds."""
+    radius = _check_toy(cfg)
     for g in cfg.groups:
         require(g >= 1 and cfg.hidden % g == 0, f"groups={g} must be a positive divisor of hidden={cfg.hidden}")
+    require(cfg.n_test_more is None or cfg.n_test_more > cfg.n_test,
+            f"n_test_more={cfg.n_test_more} must exceed n_test={cfg.n_test}")
     settings = _trial_settings(cfg)
-    jobs = [dict(settings, norm={"name": "group", "groups": g}, seed=s, lr=lr, probe=None)
+    jobs = [dict(settings, norm={"name": "group", "groups": g}, seed=s, lr=lr, probe=None, n_test_more=cfg.n_test_more)
             for g in cfg.groups for lr in cfg.lrs for s in cfg.seeds]
     trials = map_trials(localization_trial, jobs, cfg.workers, desc="groups x lr x seed")
+    inner = _interior(cfg.length, radius)
     by_groups = {}
     for g in cfg.groups:
-        per_lr = {lr: [t for t, j in zip(trials, jobs) if j["norm"]["groups"] == g and j["lr"] == lr]
-                  for lr in cfg.lrs}
-        best_lr = max(per_lr, key=lambda lr: (np.mean([t["distance"] for t in per_lr[lr]]),
-                                              -np.mean([t["test_loss"] for t in per_lr[lr]])))
-        best = per_lr[best_lr]
-        by_groups[g] = {"best_lr": best_lr, "distance": [t["distance"] for t in best],
-                        "test_loss": [t["test_loss"] for t in best],
-                        "all_lrs": {lr: [t["distance"] for t in ts] for lr, ts in per_lr.items()}}
-        print(f"groups {g:>3}: best lr {best_lr:g}, localization distance {by_groups[g]['distance']}, "
-              f"test loss {[round(x, 4) for x in by_groups[g]['test_loss']]}")
-    results = {"settings": OmegaConf.to_container(cfg), "groups": by_groups}
+        per_lr = {lr: [t for t in trials if t["norm"]["groups"] == g and t["lr"] == lr] for lr in cfg.lrs}
+        best_lr = min(per_lr, key=lambda lr: np.mean([t["final_train_loss"] for t in per_lr[lr]]))
+        entry = {"best_lr": best_lr, **_outcome(per_lr[best_lr], inner),
+                 "all_lrs": {lr: _outcome(ts, inner) for lr, ts in per_lr.items()}}
+        if cfg.n_test_more:
+            entry["more_tests"] = _outcome(per_lr[best_lr], inner, "more_tests")
+        by_groups[g] = entry
+        print(f"groups {g:>3}: lr {best_lr:g}, distance {entry['localization_distance']['per_seed']}, interior "
+              f"localized {entry['localized_interior']['per_seed']} of {inner.stop - inner.start}"
+              + (f" ({entry['more_tests']['localized_interior']['per_seed']} with n_test={cfg.n_test_more})"
+                 if cfg.n_test_more else "")
+              + f", test loss {[round(x, 4) for x in entry['test_loss']['per_seed']]}")
+    pairs = [(g, n) for g in cfg.groups for n in by_groups[g]["localized_interior"]["per_seed"]]
+    trend = {}
+    if len({g for g, _ in pairs}) > 1 and len({n for _, n in pairs}) > 1:
+        rho, p_value = spearmanr([g for g, _ in pairs], [n for _, n in pairs])
+        trend = {"spearman_rho": float(rho), "p_value": float(p_value), "n": len(pairs)}
+        print(f"interior localized vs groups: Spearman rho {rho:.2f} (p = {p_value:.2g}, {len(pairs)} networks)")
+    results = {"settings": OmegaConf.to_container(cfg), "receptive_field": radius,
+               "interior_size": inner.stop - inner.start, "groups": by_groups, "trend": trend}
     write_results(out_dir, results)
-    plots.distance_vs_groups(by_groups, cfg.length, out_dir / "fig4_groups.png")
+    plots.localization_vs_groups(by_groups, inner.stop - inner.start, cfg.n_test, cfg.n_test_more,
+                                 out_dir / "fig4_groups.png")
     return results
 
 
@@ -219,6 +269,82 @@ def batchnorm_stats(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     return results
 
 
+def localization_norms(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
+    """Every registry norm in ``cfg.norms`` (settings from ``configs/norm/``) on the Fig. 1 task over
+    ``cfg.seeds``. BatchNorm normalizes over ``cfg.norm_batch`` sequences with gradient accumulation up to
+    ``cfg.batch_size`` and is measured with minibatch and with population statistics."""
+    radius = _check_toy(cfg)
+    require(cfg.norm_batch >= 1 and cfg.batch_size % cfg.norm_batch == 0,
+            f"norm_batch={cfg.norm_batch} must be a positive divisor of batch_size={cfg.batch_size}")
+    settings = _trial_settings(cfg)
+    jobs = []
+    for name in cfg.norms:
+        norm = OmegaConf.to_container(compose_job("localization", [f"norm={name}"]).norm)
+        _check_norm_width(norm, cfg.hidden)
+        if name == "batch":
+            extra = {"norm": {**norm, "eval_stats": ["minibatch", "population"]}, "batch_size": cfg.norm_batch,
+                         "accumulation": cfg.batch_size // cfg.norm_batch, "eval_batch_size": cfg.norm_batch}
+        else:
+            extra = {"norm": norm}
+        jobs += [dict(settings, seed=s, probe=None, **extra) for s in cfg.seeds]
+    trials = map_trials(localization_trial, jobs, cfg.workers, desc="norms x seed")
+    inner = _interior(cfg.length, radius)
+    table, masks = {}, {}
+    for name in cfg.norms:
+        mine = [t for t, j in zip(trials, jobs) if j["norm"]["name"] == name]
+        for mode in (("minibatch", "population") if name == "batch" else (None,)):
+            label = f"batch (b = {cfg.norm_batch}), {mode} statistics" if mode else _norm_label(mine[0]["norm"])
+            table[label] = _outcome(mine, inner, mode)
+            masks[label] = [(t[mode] if mode else t)["localized"] for t in mine]
+    results = {"settings": OmegaConf.to_container(cfg), "receptive_field": radius,
+               "interior_size": inner.stop - inner.start, "norms": table,
+               "localized_mask": {k: v[0] for k, v in masks.items()}}
+    write_results(out_dir, results)
+    _print_table(table, inner)
+    plots.outcome_bars(table, inner.stop - inner.start, "norm", out_dir / "norms_localization.png")
+    plots.localized_masks({k: v[0] for k, v in masks.items()}, radius, out_dir / "norms_localized_seed0.png")
+    return results
+
+
+def uninformative_inputs(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
+    """Sec. 3.2: the Fig. 1 network with ``cfg.norm`` trained and tested on each of ``cfg.input_kinds``
+    (``draw_inputs`` settings), over ``cfg.seeds``: fewer unique windows, less to communicate with."""
+    radius = _check_toy(cfg)
+    kinds = [{**OmegaConf.to_container(cfg.inputs), **dict(k)} for k in cfg.input_kinds]
+    for kind in kinds:
+        check_inputs(**kind)
+    norm = OmegaConf.to_container(cfg.norm)
+    jobs = [dict(_trial_settings(cfg), norm=norm, inputs=kind, seed=s, probe=None) for kind in kinds for s in cfg.seeds]
+    trials = map_trials(localization_trial, jobs, cfg.workers, desc="inputs x seed")
+    inner = _interior(cfg.length, radius)
+    table, masks = {}, {}
+    for raw, kind in zip(cfg.input_kinds, kinds):
+        label = ", ".join([kind["kind"]] + [f"{k}={v}" for k, v in raw.items() if k != "kind"])
+        mine = [t for t in trials if t["inputs"] == kind]
+        table[label] = {**_outcome(mine, inner), "inputs": kind}
+        masks[label] = mine[0]["localized"]
+    results = {"settings": OmegaConf.to_container(cfg), "norm": _norm_label(norm), "receptive_field": radius,
+               "interior_size": inner.stop - inner.start, "inputs": table, "localized_mask": masks}
+    write_results(out_dir, results)
+    _print_table(table, inner)
+    plots.outcome_bars(table, inner.stop - inner.start, f"inputs ({_norm_label(norm)})",
+                       out_dir / "uninformative_inputs.png")
+    plots.localized_masks(masks, radius, out_dir / "uninformative_inputs_localized_seed0.png")
+    return results
+
+
+def _check_norm_width(norm: dict, hidden: int) -> None:
+    groups = norm.get("groups", 1)
+    require(hidden % groups == 0, f"norm {norm['name']} with groups={groups} cannot normalize hidden={hidden} channels")
+
+
+def _print_table(table: dict[str, dict[str, Any]], inner: slice) -> None:
+    for label, row in table.items():
+        print(f"{label:>32}: distance {row['localization_distance']['per_seed']}, interior localized "
+              f"{row['localized_interior']['per_seed']} of {inner.stop - inner.start}, test loss "
+              f"{[round(x, 4) for x in row['test_loss']['per_seed']]}")
+
+
 def packnorm_trial(overlap: int, seed: int, length: int, depth: int, kernel_size: int, hidden: int, lr: float,
                    batch_size: int, steps: int, n_test: int) -> dict[str, Any]:
     torch.manual_seed(seed)
@@ -242,13 +368,20 @@ def packnorm_overlap(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     constant_loss = 1.0  # predicting 0 for both streams: the best an overlap-blind network can do
     by_overlap = {o: [t["test_mse"] for t in trials if t["overlap"] == o] for o in cfg.overlaps}
     mean = {o: float(np.mean(v)) for o, v in by_overlap.items()}
-    below_half = [o for o in cfg.overlaps if mean[o] < 0.5 * constant_loss]
+
+    def first_below_half(mse: dict[int, float]) -> int | None:
+        return next((o for o in cfg.overlaps if mse[o] < 0.5 * constant_loss), None)
+
+    per_seed = {s: first_below_half({t["overlap"]: t["test_mse"] for t in trials if t["seed"] == s})
+                for s in cfg.seeds}
     results = {"settings": OmegaConf.to_container(cfg), "constant_prediction_loss": constant_loss,
                "test_mse": by_overlap, "mean_test_mse": mean,
-               "first_overlap_below_half": below_half[0] if below_half else None}
+               "first_overlap_below_half": first_below_half(mean),
+               "first_overlap_below_half_per_seed": per_seed}
     write_results(out_dir, results)
     plots.mse_vs_overlap(by_overlap, constant_loss, cfg.length, out_dir / "fig3_packnorm_overlap.png")
     for o in cfg.overlaps:
         print(f"overlap {o:>3}: test MSE {mean[o]:.4f} ({mean[o] / constant_loss:.1%} of the constant prediction)")
-    print(f"first overlap with MSE below half the constant-prediction loss: {results['first_overlap_below_half']}")
+    print(f"first overlap with MSE below half the constant-prediction loss: {results['first_overlap_below_half']} "
+          f"(mean over seeds); per seed {per_seed}")
     return results

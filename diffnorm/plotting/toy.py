@@ -66,20 +66,61 @@ def localized_masks(masks: dict[str, np.ndarray], radius: int, path: Path) -> Pa
     return _save(fig, path)
 
 
-def distance_vs_groups(by_groups: dict[int, dict[str, Any]], length: int, path: Path) -> Path:
-    """Fig. 4: localization distance (each seed, and the mean) versus the number of groups."""
-    fig, ax = plt.subplots(figsize=(6, 4))
+def _seed_curve(ax: plt.Axes, xs: list, spreads: list[dict[str, Any]], color: str, label: str) -> None:
+    """Each seed as a dot and the mean over seeds as a line."""
+    for x, spread in zip(xs, spreads):
+        ax.scatter([x] * len(spread["per_seed"]), spread["per_seed"], color=color, alpha=0.4, s=14)
+    ax.plot(xs, [s["mean"] for s in spreads], color=color, marker="o", label=label)
+
+
+def localization_vs_groups(by_groups: dict[int, dict[str, Any]], interior_size: int, n_test: int,
+                           n_test_more: int | None, path: Path) -> Path:
+    """Fig. 4: interior indices localized, localization distance and test MSE versus GroupNorm groups."""
     groups = sorted(by_groups)
-    for g in groups:
-        ax.scatter([g] * len(by_groups[g]["distance"]), by_groups[g]["distance"], color="C0", alpha=0.5)
-    ax.plot(groups, [np.mean(by_groups[g]["distance"]) for g in groups], color="C0", marker="o", label="mean over seeds")
-    ax.axhline(length / 2, color="grey", linestyle="--", label="full localization (T/2)")
-    ax.set_xscale("log", base=2)
-    ax.set_xticks(groups, [str(g) for g in groups])
-    ax.set_xlabel("GroupNorm groups")
-    ax.set_ylabel("localization distance (indices)")
-    ax.set_title("GroupNorm: localization versus number of groups (best lr)")
-    ax.legend()
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    _seed_curve(axes[0], groups, [by_groups[g]["localized_interior"] for g in groups], "C0", f"n_test={n_test}")
+    if n_test_more:
+        _seed_curve(axes[0], groups, [by_groups[g]["more_tests"]["localized_interior"] for g in groups], "C1",
+                    f"n_test={n_test_more}")
+    axes[0].axhline(interior_size, color="grey", linestyle="--", label="whole interior")
+    axes[0].set_ylabel(f"interior indices localized (of {interior_size})")
+    _seed_curve(axes[1], groups, [by_groups[g]["localization_distance"] for g in groups], "C0", f"n_test={n_test}")
+    if n_test_more:
+        _seed_curve(axes[1], groups, [by_groups[g]["more_tests"]["localization_distance"] for g in groups], "C1",
+                    f"n_test={n_test_more}")
+    axes[1].set_ylabel("localization distance (indices)")
+    lrs = list(by_groups[groups[0]]["all_lrs"])
+    for i, lr in enumerate(lrs):
+        axes[2].plot(groups, [by_groups[g]["all_lrs"][lr]["test_loss"]["mean"] for g in groups], marker="o",
+                     color=f"C{i + 2}", label=f"lr {float(lr):g}")
+    axes[2].set_yscale("log")
+    axes[2].set_ylabel("test MSE (mean over seeds)")
+    for ax in axes:
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(groups, [str(g) for g in groups])
+        ax.set_xlabel("GroupNorm groups (of 32 channels)")
+        ax.legend(fontsize=8)
+    fig.suptitle("GroupNorm: localization versus number of groups (seeds as dots; lr of lowest training loss)")
+    return _save(fig, path)
+
+
+def outcome_bars(table: dict[str, dict[str, Any]], interior_size: int, what: str, path: Path) -> Path:
+    """Interior indices localized and test MSE per setting (rows of ``table``): mean bars, seeds as dots."""
+    labels = list(table)
+    xs = np.arange(len(labels))
+    fig, axes = plt.subplots(1, 2, figsize=(max(8, 1.6 * len(labels) + 4), 4.5))
+    for ax, key, ylabel in ((axes[0], "localized_interior", f"interior indices localized (of {interior_size})"),
+                            (axes[1], "test_loss", "test MSE")):
+        ax.bar(xs, [table[k][key]["mean"] for k in labels], color="C0", alpha=0.6)
+        for x, k in zip(xs, labels):
+            values = table[k][key]["per_seed"]
+            ax.scatter([x] * len(values), values, color="k", s=14, zorder=3)
+        ax.set_xticks(xs, labels, rotation=30, ha="right")
+        ax.set_xlabel(what)
+        ax.set_ylabel(ylabel)
+    axes[0].axhline(interior_size, color="grey", linestyle="--")
+    axes[1].set_yscale("log")
+    fig.suptitle("Localization of pure-noise positions beyond the receptive field (bars: mean; dots: seeds)")
     return _save(fig, path)
 
 

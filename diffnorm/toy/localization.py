@@ -4,6 +4,10 @@ Inputs are pure noise x ~ N(0, I_T); the target is the fixed ramp linspace(-1, 1
 normalization sees only noise in the interior and, being translation equivariant there, predicts the
 same distribution at every interior index: it can localize only indices within its receptive field of
 the zero-padded edges. A norm that pools over time lets it localize everything.
+
+Sec. 3.2 adds that the side channel needs informative inputs: an index can tell where it is only if the
+input pattern its receptive field sees is unique along the sequence. ``sample_inputs`` therefore also
+draws less informative sequences (quantized noise, a short repeated pattern, a constant).
 """
 
 from __future__ import annotations
@@ -63,12 +67,46 @@ def ramp_target(length: int) -> torch.Tensor:
     return torch.linspace(-1.0, 1.0, length)
 
 
+INPUT_KINDS = ("gaussian", "quantized", "periodic", "constant")
+
+
+def check_inputs(kind: str, levels: int = 2, period: int = 4) -> None:
+    require(kind in INPUT_KINDS, f"inputs.kind={kind!r} is not one of {', '.join(INPUT_KINDS)}")
+    require(levels >= 2, f"inputs.levels={levels} must be at least 2")
+    require(period >= 1, f"inputs.period={period} must be positive")
+
+
+def draw_inputs(n: int, length: int, generator: torch.Generator, kind: str = "gaussian", levels: int = 2,
+                period: int = 4) -> torch.Tensor:
+    """[n, 1, T] input sequences of decreasing information (Sec. 3.2), one draw per sequence:
+
+    - ``gaussian``: x ~ N(0, I_T), every window unique;
+    - ``quantized``: the same noise mapped to ``levels`` equiprobable values spread evenly over [-1, 1]
+      (by the standard normal's quantiles), so windows repeat more often;
+    - ``periodic``: a Gaussian pattern of ``period`` entries tiled from index 0, so indices ``period``
+      apart see the same window away from the edges;
+    - ``constant``: one Gaussian value repeated over the sequence.
+    """
+    check_inputs(kind, levels, period)
+    if kind == "periodic":
+        pattern = torch.randn(n, 1, period, generator=generator)
+        return pattern.repeat(1, 1, -(-length // period))[..., :length].contiguous()
+    if kind == "constant":
+        return torch.randn(n, 1, 1, generator=generator).expand(n, 1, length).contiguous()
+    x = torch.randn(n, 1, length, generator=generator)
+    if kind == "quantized":
+        bins = torch.special.ndtr(x).mul(levels).floor().clamp(max=levels - 1)
+        x = bins * (2.0 / (levels - 1)) - 1.0
+    return x
+
+
 def train_localization(model: nn.Module, length: int, steps: int, lr: float, batch_size: int,
-                       accumulation: int = 1, seed: int = 0, progress: bool = False, desc: str = "train"
-                       ) -> list[float]:
+                       accumulation: int = 1, seed: int = 0, progress: bool = False, desc: str = "train",
+                       inputs: dict | None = None) -> list[float]:
     """Adam on MSE to the ramp; ``accumulation`` minibatches of ``batch_size`` per update, so a
-    BatchNorm sees small batches while the gradient averages over a large effective batch.
-    Returns the loss of each update."""
+    BatchNorm sees small batches while the gradient averages over a large effective batch. ``inputs``
+    are ``draw_inputs`` settings (default Gaussian noise). Returns the loss of each update."""
+    inputs = inputs or {}
     gen = torch.Generator().manual_seed(seed)
     target = ramp_target(length)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
@@ -78,7 +116,7 @@ def train_localization(model: nn.Module, length: int, steps: int, lr: float, bat
         opt.zero_grad(set_to_none=True)
         total = 0.0
         for _ in range(accumulation):
-            x = torch.randn(batch_size, 1, length, generator=gen)
+            x = draw_inputs(batch_size, length, gen, **inputs)
             loss = ((model(x)[:, 0] - target) ** 2).mean() / accumulation
             loss.backward()
             total += loss.item()
@@ -88,8 +126,9 @@ def train_localization(model: nn.Module, length: int, steps: int, lr: float, bat
 
 
 @torch.no_grad()
-def sample_inputs(n: int, length: int, seed: int) -> torch.Tensor:
-    return torch.randn(n, 1, length, generator=torch.Generator().manual_seed(seed))
+def sample_inputs(n: int, length: int, seed: int, inputs: dict | None = None) -> torch.Tensor:
+    """[n, 1, T] test inputs from their own seed; ``inputs`` as in ``train_localization``."""
+    return draw_inputs(n, length, torch.Generator().manual_seed(seed), **(inputs or {}))
 
 
 @torch.no_grad()
