@@ -230,9 +230,9 @@ class LeakProbeSchema:
 
 @dataclass
 class ToyInputsSchema:
-    kind: str
-    levels: int
-    period: int
+    kind: str = "gaussian"
+    levels: int = 2
+    period: int = 4
 
 
 @dataclass
@@ -277,7 +277,7 @@ class LocalizationNormsSchema(LocalizationSchema):
 
 @dataclass
 class UninformativeInputsSchema(LocalizationSchema):
-    input_kinds: list[Any]
+    input_kinds: list[ToyInputsSchema]
 
 
 @dataclass

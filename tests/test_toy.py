@@ -92,18 +92,16 @@ def test_unknown_input_kind_is_one_line_error():
 
 
 @pytest.mark.parametrize("kind,period", [("constant", 1), ("periodic", 3)])
-def test_repeated_inputs_leave_a_trained_norm_network_nothing_to_localize(kind, period):
+def test_repeated_inputs_leave_a_norm_network_nothing_to_localize(kind, period):
     """Sec. 3.2: where the window an index sees repeats along the sequence, even InstanceNorm cannot tell
-    the repeats apart, so predictions one period apart coincide exactly away from the edges."""
+    the repeats apart, whatever its weights: predictions one period apart coincide away from the edges."""
     torch.manual_seed(0)
     depth, kernel, length = 2, 3, 30
     radius = depth * (kernel - 1) // 2
     inputs = {"kind": kind, "period": period}
     model = LocalizationCNN(depth, kernel, 8, norm_factory("instance"))
-    train_localization(model, length, steps=60, lr=3e-3, batch_size=16, seed=0, inputs=inputs)
     preds = predict(model, sample_inputs(200, length, seed=1, inputs=inputs), 100)
     inner = preds[:, radius:length - radius]
     assert np.abs(inner).max() > 0
     np.testing.assert_allclose(inner[:, period:], inner[:, :-period], atol=1e-6)
-    if kind == "constant":
-        assert not localized_indices(preds)[radius:length - radius].any()
+    assert not localized_indices(preds, period=period)[radius:length - radius].any()

@@ -1,6 +1,7 @@
 """Every toy script end to end in a subprocess with tiny settings, and its bad-input errors."""
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -8,7 +9,17 @@ from conftest import load_results
 
 from diffnorm.experiments import toy
 from diffnorm.experiments.common import compose_job
-from diffnorm.experiments.toy_summary import CLAIMS, channel_is_leak_free, fig1_none_edges, fig4_groups_trend
+from diffnorm.experiments.toy_summary import (
+    CLAIMS,
+    channel_is_leak_free,
+    fig1_none_edges,
+    fig1b_depth,
+    fig3_overlap,
+    fig4_groups_trend,
+    fig56_batch_minibatch,
+    fig56_batch_population,
+    sec32_uninformative_inputs,
+)
 from diffnorm.probing.stats import localization_distance
 
 TINY = ["steps=30", "seeds=[0]", "n_test=60", "workers=1", "length=24", "depth=2", "kernel_size=3", "hidden=8"]
@@ -67,15 +78,20 @@ def test_uninformative_inputs_script(script, tmp_path):
                   run_dir=tmp_path)
     assert proc.returncode == 0, proc.stderr
     res = load_results(tmp_path)
-    assert list(res["inputs"]) == ["gaussian", "periodic, period=3"]
-    assert res["inputs"]["periodic, period=3"]["inputs"] == {"kind": "periodic", "levels": 2, "period": 3}
+    assert list(res["inputs"]) == ["gaussian", "periodic, period 3"]
+    periodic = res["inputs"]["periodic, period 3"]
+    assert periodic["inputs"] == {"kind": "periodic", "levels": 2, "period": 3}
+    assert periodic["localized_interior_vs_repeats"]["per_seed"] == [0]  # repeats are indistinguishable
     assert (tmp_path / "uninformative_inputs.png").stat().st_size > 0
 
 
-def test_bad_input_kind_fails_with_one_line(script, tmp_path):
-    proc = script("uninformative_inputs", *TINY, "input_kinds=[{kind: noisy}]", run_dir=tmp_path)
+@pytest.mark.parametrize("kinds,message", [("[{kind: noisy}]", "error: inputs.kind='noisy' is not one of"),
+                                           ("[{kind: periodic, perod: 3}]", "perod")])
+def test_bad_input_kind_fails_with_one_line(script, tmp_path, kinds, message):
+    proc = script("uninformative_inputs", *TINY, f"input_kinds={kinds}", run_dir=tmp_path)
     assert proc.returncode == 2
-    assert proc.stderr.strip().splitlines()[-1].startswith("error: inputs.kind='noisy' is not one of")
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("error:") and message in last
 
 
 def test_toy_summary_judges_every_claim_from_the_runs(script, tmp_path):
@@ -102,6 +118,7 @@ def test_toy_summary_judges_every_claim_from_the_runs(script, tmp_path):
     for claim in claims.values():
         assert set(claim) == {"paper", "ours", "matches", "seeds"}
         assert claim["seeds"] == 2 and isinstance(claim["matches"], bool) and claim["ours"]
+    assert re.search(r"MSE at overlap 0 \[\d", claims["fig3_overlap"]["ours"])  # the JSON keys were found
 
 
 def test_toy_summary_names_a_missing_run(script, tmp_path):
@@ -119,6 +136,71 @@ def _fig1(none_masks: list[list[bool]], r: int = 2) -> dict:
                                "localized_total": [int(m.sum()) for m in masks],
                                "localized_interior": [int(m[inner].sum()) for m in masks],
                                "interior_size": inner.stop - inner.start}}}
+
+
+def _json(value):
+    """Results as a later job reads them: through JSON, so integer keys come back as strings."""
+    return json.loads(json.dumps(value))
+
+
+def test_fig3_rule_reads_the_overlaps_as_json_gives_them():
+    def fig3(firsts, at_zero=(1.0, 0.99)):
+        return _json({"settings": {"length": 32}, "constant_prediction_loss": 1.0,
+                      "test_mse": {0: list(at_zero), 16: [0.2, 0.3]}, "mean_test_mse": {0: 1.0, 16: 0.25},
+                      "first_overlap_below_half_per_seed": {0: firsts[0], 1: firsts[1]}})
+    assert fig3_overlap(fig3([16, 12]))["matches"]
+    assert not fig3_overlap(fig3([16, 28]))["matches"]      # far from half the length
+    assert not fig3_overlap(fig3([16, None]))["matches"]    # never fell below half
+    assert not fig3_overlap(fig3([16, 16], at_zero=(0.5, 0.6)))["matches"]  # solvable without overlap
+
+
+def test_batchnorm_rules_need_minibatch_localization_and_its_loss_back():
+    def fig56(mini, population, mini_loss=(0.002, 0.003), pop_loss=(0.06, 0.05)):
+        row = lambda n, loss: {"localized_interior": list(n), "test_loss": list(loss), "interior_size": 16}
+        return _json({"settings": {"batch_sizes": [1, 2]}, "modes": {
+            "no norm": row([0, 0], [0.02, 0.02]),
+            "BatchNorm batch 1, minibatch stats": row(mini, mini_loss),
+            "BatchNorm batch 1, population stats": row(population, pop_loss),
+            "BatchNorm batch 2, minibatch stats": row([0, 0], [0.02, 0.02])}})
+    assert fig56_batch_minibatch(fig56([16, 12], [0, 0]))["matches"]
+    assert fig56_batch_population(fig56([16, 12], [0, 0]))["matches"]
+    assert not fig56_batch_minibatch(fig56([16, 0], [0, 0]))["matches"]
+    assert not fig56_batch_population(fig56([0, 0], [0, 0]))["matches"]  # nothing to lose
+    assert not fig56_batch_population(fig56([16, 12], [3, 0]))["matches"]
+    assert not fig56_batch_population(fig56([16, 12], [0, 0], pop_loss=(0.001, 0.05)))["matches"]
+
+
+def test_uninformative_rule_separates_unique_from_repeated_windows():
+    def run(gaussian, quantized, repeats):
+        def row(kind, n, **extra):
+            return {"inputs": {"kind": kind}, "localized_interior": {"per_seed": n}, **extra}
+        return _json({"norm": "instance", "interior_size": 32, "inputs": {
+            "gaussian": row("gaussian", gaussian), "quantized, 2 levels": row("quantized", quantized),
+            "periodic, period 4": row("periodic", [8, 8], localized_interior_vs_repeats={"per_seed": repeats}),
+            "constant": row("constant", [0, 0])}})
+    assert sec32_uninformative_inputs(run([32, 32], [30, 32], [0, 0]))["matches"]
+    assert not sec32_uninformative_inputs(run([32, 32], [0, 32], [0, 0]))["matches"]
+    assert not sec32_uninformative_inputs(run([32, 32], [30, 32], [0, 2]))["matches"]
+
+
+def test_probe_depth_rule():
+    length, step, layers = 20, 1, 3
+
+    def masks(reach_per_layer, extra=None):
+        grid = np.zeros((layers, length), bool)
+        for layer, reach in enumerate(reach_per_layer):
+            grid[layer, :reach] = grid[layer, length - reach:] = True
+        if extra is not None:
+            grid[extra] = True
+        return grid.tolist()
+    full = np.ones((layers, length), bool).tolist()
+
+    def fig1(none):
+        return _json({"settings": {"length": length, "kernel_size": 2 * step + 1, "probe": {"steps": 1}},
+                      "norms": {"none": {"probe_localized": [none, none]}, "instance": {"probe_localized": [full, full]}}})
+    assert fig1b_depth(fig1(masks([1, 2, 3])))["matches"]
+    assert not fig1b_depth(fig1(masks([1, 1, 1])))["matches"]            # never travels inward
+    assert not fig1b_depth(fig1(masks([1, 2, 3], extra=(0, slice(5, 10)))))["matches"]  # far beyond layer 0's reach
 
 
 def test_claim_rules_follow_the_numbers():

@@ -28,8 +28,14 @@ def _claim(paper: str, ours: str, matches: bool, seeds: int) -> Claim:
 
 
 def _norm_entry(fig1: dict[str, Any]) -> tuple[str, dict[str, Any]]:
-    label = next(k for k in fig1["norms"] if k != "none")
-    return label, fig1["norms"][label]
+    labels = [k for k in fig1["norms"] if k != "none"]
+    require(labels, "the localization run compared no norm with none: run it with a norm (e.g. norm=instance)")
+    return labels[0], fig1["norms"][labels[0]]
+
+
+def _needs(results: dict[str, Any], key: str, job: str) -> Any:
+    require(results.get(key) is not None, f"the {job} run has no {key!r}: rerun scripts/{job}.py with this version")
+    return results[key]
 
 
 def fig1_none_edges(fig1: dict[str, Any]) -> Claim:
@@ -64,31 +70,37 @@ def _probe_reach(mask: np.ndarray) -> int:
 def fig1b_depth(fig1: dict[str, Any]) -> Claim:
     s = fig1["settings"]
     step = (s["kernel_size"] - 1) // 2
-    none = [np.asarray(m, bool) for m in fig1["norms"]["none"]["probe_localized"] or []]
+    require(s.get("probe"), "the localization run has no probes: rerun scripts/localization.py without probe=null")
+    none = [np.asarray(m, bool) for m in _needs(fig1["norms"]["none"], "probe_localized", "localization")]
     label, norm = _norm_entry(fig1)
-    normed = [np.asarray(m, bool) for m in norm["probe_localized"] or []]
-    require(none and normed, "the localization run has no probe masks: run it with a probe (probe=default)")
+    normed = [np.asarray(m, bool) for m in _needs(norm, "probe_localized", "localization")]
+    length, layers = s["length"], len(none[0])
     # Hidden layer l (0-based) has seen l + 1 convolutions: its receptive field is (l + 1) * step per side.
+    # Beyond it the norm-free layer is translation equivariant, so a probe "localizes" there only by a
+    # false positive of Welch's test; a few of the ~T x layers x seeds tests may be, hence a 1 % tolerance.
+    beyond = [(layer[(l + 1) * step:length - (l + 1) * step]) for seed in none for l, layer in enumerate(seed)]
+    false_rate = sum(int(b.sum()) for b in beyond) / sum(b.size for b in beyond)
     reach = [[_probe_reach(layer) for layer in seed] for seed in none]
-    within = all(r <= (l + 1) * step for seed in reach for l, r in enumerate(seed))
-    r_last = len(none[0]) * step
-    inner = slice(r_last, s["length"] - r_last)
+    grows = all(seed[-1] >= layers * step - step for seed in reach)  # information does travel inward
+    r_last = layers * step
+    inner = slice(r_last, length - r_last)
     last = [int(seed[-1][inner].sum()) for seed in normed]
-    ok = within and all(n >= (inner.stop - inner.start) / 2 for n in last)
+    ok = false_rate <= 0.01 and grows and all(n >= (inner.stop - inner.start) / 2 for n in last)
     return _claim("Probes on each layer: without normalization position information spreads inward from the "
                   "edges by about (k-1)/2 indices per layer; with normalization the last layers localize the "
                   "interior.",
                   f"none: farthest probe-localized index from the nearer edge, per layer, {reach[0]} (seed 0; "
-                  f"receptive fields {[(l + 1) * step for l in range(len(reach[0]))]}; beyond them in any seed: "
-                  f"{'no' if within else 'yes'}); {label}: last hidden layer localizes {last} of "
+                  f"receptive fields {[(l + 1) * step for l in range(layers)]}); last layer's reach per seed "
+                  f"{[seed[-1] for seed in reach]}; probe-localized indices beyond a layer's receptive field "
+                  f"{false_rate:.2%} of those tested; {label}: last hidden layer localizes {last} of "
                   f"{inner.stop - inner.start} indices beyond its receptive field per seed",
                   ok, min(len(none), len(normed)))
 
 
 def fig3_overlap(fig3: dict[str, Any]) -> Claim:
     length = fig3["settings"]["length"]
-    firsts = list(fig3["first_overlap_below_half_per_seed"].values())
-    at_zero = fig3["test_mse"]["0"] if "0" in fig3["test_mse"] else None
+    firsts = list(_needs(fig3, "first_overlap_below_half_per_seed", "packnorm_overlap").values())
+    at_zero = fig3["test_mse"].get("0")  # JSON keys: the overlap 0 as a string
     mean = {o: round(m, 3) for o, m in fig3["mean_test_mse"].items()}
     ok = at_zero is not None and all(m >= 0.9 * fig3["constant_prediction_loss"] for m in at_zero) \
         and all(o is not None and abs(o - length / 2) <= length / 8 for o in firsts)
@@ -138,25 +150,38 @@ def fig56_batch_minibatch(fig56: dict[str, Any]) -> Claim:
 def fig56_batch_population(fig56: dict[str, Any]) -> Claim:
     b, interior, loss = _batch_rows(fig56, "population")
     _, mini, mini_loss = _batch_rows(fig56, "minibatch")
+    # With population statistics the trained network is norm-free at inference, so the interior is lost
+    # by construction; what is measured is that the same networks localized it with minibatch statistics.
+    ok = all(m > 0 for m in mini) and not any(interior) and all(p > m for p, m in zip(loss, mini_loss))
     return _claim("With population (running) statistics at inference the same BatchNorm networks lose the "
                   "ability: a new explanation of BatchNorm's small-batch train/eval gap.",
                   f"b = {b}, population statistics: interior localized {interior} (minibatch: {mini}), test MSE "
                   f"{[round(x, 4) for x in loss]} (minibatch: {[round(x, 4) for x in mini_loss]}) per seed",
-                  not any(interior), len(interior))
+                  ok, len(interior))
 
 
 def sec32_uninformative_inputs(inputs: dict[str, Any]) -> Claim:
     table = inputs["inputs"]
-    by_kind = {row["inputs"]["kind"]: row for row in table.values()}
-    require({"gaussian", "constant"} <= set(by_kind), "the uninformative-inputs run needs gaussian and constant inputs")
-    repeated = [row for row in table.values() if row["inputs"]["kind"] in ("periodic", "constant")]
-    ok = all(n > 0 for n in by_kind["gaussian"]["localized_interior"]["per_seed"]) \
-        and all(not any(row["localized_interior"]["per_seed"]) for row in repeated)
-    listed = "; ".join(f"{label}: {row['localized_interior']['per_seed']}" for label, row in table.items())
-    return _claim("Communication through the norm needs informative inputs: with constant or low-entropy "
-                  "sequences, whose receptive fields see non-unique patterns, the network localizes nothing "
+    kinds = {row["inputs"]["kind"] for row in table.values()}
+    require({"gaussian", "constant"} <= kinds, "the uninformative-inputs run needs gaussian and constant inputs")
+    # The prediction is about unique windows: Gaussian and quantized noise give every index a window no
+    # other index sees (2^33 binary windows at r = 16), so they should localize; a periodic pattern or a
+    # constant repeats every window, so no index can be told from those with its window. The latter holds
+    # by construction for any weights; the measured content is the former and Definition 2.3's count.
+    unique = [row for row in table.values() if row["inputs"]["kind"] in ("gaussian", "quantized")]
+    repeated = [row.get("localized_interior_vs_repeats", row["localized_interior"])["per_seed"]
+                for row in table.values() if row["inputs"]["kind"] in ("periodic", "constant")]
+    ok = all(n > 0 for row in unique for n in row["localized_interior"]["per_seed"]) \
+        and not any(n for counts in repeated for n in counts)
+    listed = "; ".join(f"{label}: {row['localized_interior']['per_seed']}"
+                       + (f" (told apart from its repeats: {row['localized_interior_vs_repeats']['per_seed']})"
+                          if "localized_interior_vs_repeats" in row else "")
+                       for label, row in table.items())
+    return _claim("Communication through the norm needs informative inputs: where overlapping receptive fields "
+                  "see non-unique patterns (constant or low-entropy sequences) the network localizes nothing, "
                   "even with a norm.",
-                  f"{inputs['norm']}, interior indices localized (of {inputs['interior_size']}) per seed: {listed}",
+                  f"{inputs['norm']}, interior indices localized (of {inputs['interior_size']}, Definition 2.3) "
+                  f"per seed: {listed}",
                   ok, min(len(row["localized_interior"]["per_seed"]) for row in table.values()))
 
 

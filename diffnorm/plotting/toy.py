@@ -104,7 +104,7 @@ def localization_vs_groups(by_groups: dict[int, dict[str, Any]], interior_size: 
     return _save(fig, path)
 
 
-def outcome_bars(table: dict[str, dict[str, Any]], interior_size: int, what: str, path: Path) -> Path:
+def outcome_bars(table: dict[str, dict[str, Any]], interior_size: int, what: str, title: str, path: Path) -> Path:
     """Interior indices localized and test MSE per setting (rows of ``table``): mean bars, seeds as dots."""
     labels = list(table)
     xs = np.arange(len(labels))
@@ -120,7 +120,7 @@ def outcome_bars(table: dict[str, dict[str, Any]], interior_size: int, what: str
         ax.set_ylabel(ylabel)
     axes[0].axhline(interior_size, color="grey", linestyle="--")
     axes[1].set_yscale("log")
-    fig.suptitle("Localization of pure-noise positions beyond the receptive field (bars: mean; dots: seeds)")
+    fig.suptitle(f"{title}: localization beyond the receptive field (bars: mean; dots: seeds)")
     return _save(fig, path)
 
 
