@@ -1,4 +1,5 @@
-# Two entry points, each builds its own .venv: `make study` (the main job) and `make test`.
+# Two entry points, each builds its own .venv: `make study` (the main job) and `make test`;
+# `make toy` reproduces the paper's toy claims (hours on a CPU).
 PY      ?= python3
 VENV    := .venv
 BIN     := $(VENV)/bin

@@ -5,7 +5,7 @@ import re
 
 import numpy as np
 import pytest
-from conftest import load_results
+from conftest import ROOT, load_results
 
 from diffnorm.experiments import toy
 from diffnorm.experiments.common import compose_job
@@ -85,10 +85,14 @@ def test_uninformative_inputs_script(script, tmp_path):
     assert (tmp_path / "uninformative_inputs.png").stat().st_size > 0
 
 
-@pytest.mark.parametrize("kinds,message", [("[{kind: noisy}]", "error: inputs.kind='noisy' is not one of"),
-                                           ("[{kind: periodic, perod: 3}]", "perod")])
-def test_bad_input_kind_fails_with_one_line(script, tmp_path, kinds, message):
-    proc = script("uninformative_inputs", *TINY, f"input_kinds={kinds}", run_dir=tmp_path)
+@pytest.mark.parametrize("job,override,message", [
+    ("uninformative_inputs", "input_kinds=[{kind: gaussian},{kind: noisy}]", "input_kinds[1].kind='noisy' is not one of"),
+    ("uninformative_inputs", "input_kinds=[{kind: periodic, perod: 3}]", "perod"),
+    ("localization_norms", "norms=[none,grup]", "norms entry 'grup'"),
+    ("localization_norms", "norm_batch=3", "norm_batch=3 must be a positive divisor"),
+])
+def test_bad_toy_settings_fail_with_one_line(script, tmp_path, job, override, message):
+    proc = script(job, *TINY, override, run_dir=tmp_path)
     assert proc.returncode == 2
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("error:") and message in last
@@ -125,6 +129,13 @@ def test_toy_summary_names_a_missing_run(script, tmp_path):
     proc = script("toy_summary", f"runs.localization={tmp_path / 'nowhere'}", run_dir=tmp_path / "summary")
     assert proc.returncode == 2
     assert "runs.localization=" in proc.stderr.strip().splitlines()[-1]
+    old = ROOT / "docs" / "results" / "toy" / "localization_idle"  # a Fig. 1 run from before probe masks were kept
+    runs = [f"runs.{job}={old}" for job in dict.fromkeys(job for job, _ in CLAIMS.values())]
+    proc = script("toy_summary", *runs, run_dir=tmp_path / "summary")
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1] == (
+        f"error: runs.localization={old}: the localization run has no 'probe_localized': "
+        "rerun scripts/localization.py with this version")
 
 
 def _fig1(none_masks: list[list[bool]], r: int = 2) -> dict:

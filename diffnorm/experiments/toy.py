@@ -15,6 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 from scipy.stats import spearmanr
 
 from diffnorm.analysis.receptive_field import receptive_field
+from diffnorm.errors import ConfigError
 from diffnorm.experiments.common import compose_job, require, write_results
 from diffnorm.experiments.parallel import map_trials
 from diffnorm.models.norms import norm_factory
@@ -227,7 +228,7 @@ def groupnorm_groups(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     results = {"settings": OmegaConf.to_container(cfg), "receptive_field": radius,
                "interior_size": inner.stop - inner.start, "groups": by_groups, "trend": trend}
     write_results(out_dir, results)
-    plots.localization_vs_groups(by_groups, inner.stop - inner.start, cfg.n_test, cfg.n_test_more,
+    plots.localization_vs_groups(by_groups, cfg.hidden, inner.stop - inner.start, cfg.n_test, cfg.n_test_more,
                                  out_dir / "fig4_groups.png")
     return results
 
@@ -283,7 +284,10 @@ def localization_norms(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     settings = _trial_settings(cfg)
     jobs = []
     for name in cfg.norms:
-        norm = OmegaConf.to_container(compose_job("localization", [f"norm={name}"]).norm)
+        try:
+            norm = OmegaConf.to_container(compose_job("localization", [f"norm={name}"]).norm)
+        except ConfigError as err:
+            raise ConfigError(f"norms entry {name!r}: {err}") from None
         _check_norm_width(norm, cfg.hidden)
         if name == "batch":  # the same gradient batch, batch_size x accumulation, normalized b at a time
             extra = {"norm": {**norm, "eval_stats": ["minibatch", "population"]}, "batch_size": cfg.norm_batch,
@@ -317,8 +321,8 @@ def uninformative_inputs(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     (``draw_inputs`` settings), over ``cfg.seeds``: fewer unique windows, less to communicate with."""
     radius = _check_toy(cfg)
     kinds = [OmegaConf.to_container(k) for k in cfg.input_kinds]
-    for kind in kinds:
-        check_inputs(**kind)
+    for i, kind in enumerate(kinds):
+        check_inputs(**kind, key=f"input_kinds[{i}]")
     norm = OmegaConf.to_container(cfg.norm)
     jobs = [dict(_trial_settings(cfg), norm=norm, inputs=kind, seed=s, probe=None) for kind in kinds for s in cfg.seeds]
     trials = map_trials(localization_trial, jobs, cfg.workers, desc="inputs x seed")

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 from omegaconf import DictConfig
 
-from diffnorm.errors import require
+from diffnorm.errors import ConfigError, require
 from diffnorm.experiments.common import resolve_path, write_results
 from diffnorm.io import atomic_write_bytes
 
@@ -222,7 +222,12 @@ def toy_summary(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
         path = resolve_path(cfg.runs[job]) / "results.json"
         require(path.is_file(), f"runs.{job}={cfg.runs[job]} is not a finished {job} run (no results.json)")
         runs[job] = json.loads(path.read_text())
-    claims = {claim_id: rule(runs[job]) for claim_id, (job, rule) in CLAIMS.items()}
+    claims = {}
+    for claim_id, (job, rule) in CLAIMS.items():
+        try:
+            claims[claim_id] = rule(runs[job])
+        except ConfigError as err:  # say which run the rule could not read
+            raise ConfigError(f"runs.{job}={cfg.runs[job]}: {err}") from None
     write_results(out_dir, claims)
     if cfg.summary:
         atomic_write_bytes(resolve_path(cfg.summary), (json.dumps(claims, indent=2) + "\n").encode())

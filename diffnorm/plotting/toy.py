@@ -73,7 +73,7 @@ def _seed_curve(ax: plt.Axes, xs: list, spreads: list[dict[str, Any]], color: st
     ax.plot(xs, [s["mean"] for s in spreads], color=color, marker="o", label=label)
 
 
-def localization_vs_groups(by_groups: dict[int, dict[str, Any]], interior_size: int, n_test: int,
+def localization_vs_groups(by_groups: dict[int, dict[str, Any]], channels: int, interior_size: int, n_test: int,
                            n_test_more: int | None, path: Path) -> Path:
     """Fig. 4: interior indices localized, localization distance and test MSE versus GroupNorm groups."""
     groups = sorted(by_groups)
@@ -98,7 +98,7 @@ def localization_vs_groups(by_groups: dict[int, dict[str, Any]], interior_size: 
     for ax in axes:
         ax.set_xscale("log", base=2)
         ax.set_xticks(groups, [str(g) for g in groups])
-        ax.set_xlabel("GroupNorm groups (of 32 channels)")
+        ax.set_xlabel(f"GroupNorm groups (of {channels} channels)")
         ax.legend(fontsize=8)
     fig.suptitle("GroupNorm: localization versus number of groups (seeds as dots; lr of lowest training loss)")
     return _save(fig, path)

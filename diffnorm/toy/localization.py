@@ -70,10 +70,11 @@ def ramp_target(length: int) -> torch.Tensor:
 INPUT_KINDS = ("gaussian", "quantized", "periodic", "constant")
 
 
-def check_inputs(kind: str, levels: int = 2, period: int = 4) -> None:
-    require(kind in INPUT_KINDS, f"inputs.kind={kind!r} is not one of {', '.join(INPUT_KINDS)}")
-    require(levels >= 2, f"inputs.levels={levels} must be at least 2")
-    require(period >= 1, f"inputs.period={period} must be positive")
+def check_inputs(kind: str, levels: int = 2, period: int = 4, key: str = "inputs") -> None:
+    """One-line errors for ``draw_inputs`` settings, naming them as the config entry ``key``."""
+    require(kind in INPUT_KINDS, f"{key}.kind={kind!r} is not one of {', '.join(INPUT_KINDS)}")
+    require(levels >= 2, f"{key}.levels={levels} must be at least 2")
+    require(period >= 1, f"{key}.period={period} must be positive")
 
 
 def draw_inputs(n: int, length: int, generator: torch.Generator, kind: str = "gaussian", levels: int = 2,
