@@ -224,7 +224,8 @@ def test_claim_rules_follow_the_numbers():
         return {"per_seed": values, "mean": sum(values) / len(values)}
 
     def norms(channel_interior):
-        row = lambda n: {"localized_interior": spread(n), "localization_distance": spread([16] * len(n))}
+        row = lambda n: {"localized_interior": spread(n), "localization_distance": spread([16] * len(n)),
+                         "test_loss": spread([0.04] * len(n))}
         return {"receptive_field": 16, "interior_size": 32, "norms": {"none": row([0, 0]), "channel": row(channel_interior)}}
     assert channel_is_leak_free(norms([0, 0]))["matches"]
     assert not channel_is_leak_free(norms([0, 3]))["matches"]

@@ -192,11 +192,17 @@ def channel_is_leak_free(norms: dict[str, Any]) -> Claim:
     ok = not any(channel["localized_interior"]["per_seed"]) and all(
         d == r for d in channel["localization_distance"]["per_seed"])
     others = {k: v["localized_interior"]["per_seed"] for k, v in table.items()}
+    leaks = sum(n > 0 for n in channel["localized_interior"]["per_seed"])
+    short = sum(d < r for d in channel["localization_distance"]["per_seed"])
     return _claim("ChannelNorm pools over channels at each index only, so it opens no side channel: it localizes "
                   "exactly like no norm (this project's prediction; no anchor).",
-                  f"channel: localization distance {channel['localization_distance']['per_seed']} (r = {r}), interior "
-                  f"localized {channel['localized_interior']['per_seed']} of {norms['interior_size']} (none: "
-                  f"{none['localized_interior']['per_seed']}); every norm's interior count {others}",
+                  f"channel: interior localized {channel['localized_interior']['per_seed']} of "
+                  f"{norms['interior_size']} ({'no interior index in any seed' if not leaks else f'{leaks} seeds leak'}; "
+                  f"none: {none['localized_interior']['per_seed']}); localization distance "
+                  f"{channel['localization_distance']['per_seed']} against r = {r} (short of the edges' reach in "
+                  f"{short} seeds; none: {none['localization_distance']['per_seed']}), test MSE "
+                  f"{[round(x, 4) for x in channel['test_loss']['per_seed']]} (none: "
+                  f"{[round(x, 4) for x in none['test_loss']['per_seed']]}); every norm's interior count {others}",
                   ok, len(channel["localized_interior"]["per_seed"]))
 
 
