@@ -116,8 +116,8 @@ def fig4_groups_trend(fig4: dict[str, Any]) -> Claim:
     groups = fig4["groups"]
     trend = fig4.get("trend") or {}
     ok = trend.get("spearman_rho", 0.0) > 0 and trend.get("p_value", 1.0) < 0.05
-    interior = {g: e["localized_interior"]["mean"] for g, e in groups.items()}
-    more = {g: e["more_tests"]["localized_interior"]["mean"] for g, e in groups.items() if "more_tests" in e}
+    interior = {g: round(e["localized_interior"]["mean"], 1) for g, e in groups.items()}
+    more = {g: round(e["more_tests"]["localized_interior"]["mean"], 1) for g, e in groups.items() if "more_tests" in e}
     distance = {g: round(e["localization_distance"]["mean"], 1) for g, e in groups.items()}
     return _claim("GroupNorm: localization grows with the number of groups, each group one more channel.",
                   f"interior indices localized (of {fig4['interior_size']}, mean over seeds) per groups {interior}"
