@@ -100,7 +100,8 @@ def localization_vs_groups(by_groups: dict[int, dict[str, Any]], channels: int, 
         ax.set_xticks(groups, [str(g) for g in groups])
         ax.set_xlabel(f"GroupNorm groups (of {channels} channels)")
         ax.legend(fontsize=8)
-    fig.suptitle("GroupNorm: localization versus number of groups (seeds as dots; lr of lowest training loss)")
+    fig.suptitle("GroupNorm: localization versus number of groups (seeds as dots; left, middle: the lr of lowest "
+                 "training loss; right: every lr)")
     return _save(fig, path)
 
 
