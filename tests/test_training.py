@@ -465,3 +465,25 @@ def test_resume_as_printed_continues_the_run_with_its_own_config(script, tmp_pat
     assert refused.returncode == 2
     (line,) = refused.stderr.strip().splitlines()
     assert line.startswith("error: train.resume=true in") and "norm: run {'name': 'none'} vs now" in line
+
+
+def test_train_or_reuse_continues_what_it_started_and_reuses_what_finished(tmp_path):
+    # the job layer, imported by this test only
+    from diffnorm.experiments.common import compose_job
+    from diffnorm.experiments.diffuser import STARTED_MARKER, train_diffuser, train_or_reuse
+
+    base = ["experiment=tiny", "train.checkpoint_every=2", f"data_dir={tmp_path / 'data'}"]
+    overrides = [*base, "train.steps=4"]
+    run = tmp_path / "run"
+    # A training these overrides started that stopped at its step-2 checkpoint (a session ended).
+    train_diffuser(compose_job("train_diffuser", [*base, "train.steps=2"]), run)
+    (run / STARTED_MARKER).write_text(json.dumps(overrides))
+    for name in ("results.json", "ema.safetensors"):
+        (run / name).unlink()
+    resumed, reused = train_or_reuse(overrides, run)
+    assert not reused and resumed["resumed_from"] == 2 and resumed["steps"] == 4
+    again, reused = train_or_reuse(overrides, run)
+    assert reused and again == json.loads((run / "results.json").read_text()) and again["resumed_from"] == 2
+    # Other overrides in the same directory start afresh.
+    other, reused = train_or_reuse([*base, "train.steps=4", "seed=1"], run)
+    assert not reused and other["resumed_from"] is None

@@ -34,9 +34,10 @@ from diffnorm.experiments.common import (
     seed_everything,
     write_results,
 )
+from diffnorm.io import atomic_write_bytes
 from diffnorm.plotting.diffuser import loss_curve, plan_grid
 from diffnorm.training.build import build_diffusion
-from diffnorm.training.checkpoint import CONFIG, SCALER, load_scaler, write_run_files
+from diffnorm.training.checkpoint import CHECKPOINT, CONFIG, SCALER, load_scaler, write_run_files
 from diffnorm.training.distributed import barrier, init_distributed
 from diffnorm.training.loop import _seeded, train_diffusion
 from diffnorm.training.step import collate
@@ -302,20 +303,30 @@ def train_diffuser(cfg: DictConfig, out: Path) -> dict[str, Any]:
 # Written beside a training made by ``train_or_reuse``: the overrides it was composed with. (The name is
 # the stitching study's, where the rule began; runs made since keep being found.)
 REUSE_MARKER = "study_overrides.json"
+STARTED_MARKER = "study_overrides.started.json"
 
 
 def train_or_reuse(overrides: list[str], out: Path) -> tuple[dict[str, Any], bool]:
     """(results, reused): ``train_diffuser`` composed with ``overrides`` into ``out``, unless ``out`` holds
     a finished training (results.json and ema.safetensors) made with exactly these overrides, whose
-    results are returned instead. The one reuse rule of the jobs that train sub-runs, so a study that
-    stopped part-way, or is rerun for new evaluations or figures, trains only what is missing."""
+    results are returned instead. A training these overrides started there and that stopped part-way
+    (a checkpoint, no results) continues from its checkpoint (``train.resume=true``). The one reuse rule
+    of the jobs that train sub-runs, so a study that stopped part-way, or is rerun for new evaluations or
+    figures, trains only what is missing, across sessions."""
     out = Path(out)
-    marker = out / REUSE_MARKER
+    marker, started = out / REUSE_MARKER, out / STARTED_MARKER
     finished = (out / "results.json").is_file() and (out / "ema.safetensors").is_file()
     if finished and marker.is_file() and json.loads(marker.read_text()) == list(overrides):
         return json.loads((out / "results.json").read_text()), True
+    resumable = (not finished and started.is_file() and json.loads(started.read_text()) == list(overrides)
+                 and (out / CHECKPOINT).is_file() and (out / CONFIG).is_file())
     out.mkdir(parents=True, exist_ok=True)
     marker.unlink(missing_ok=True)
-    results = train_diffuser(compose_job("train_diffuser", list(overrides)), out)
+    if resumable:
+        log.info("%s: continuing the training these overrides started there", out)
+    else:
+        atomic_write_bytes(started, json.dumps(list(overrides)).encode())
+    resume = ["train.resume=true"] if resumable else []
+    results = train_diffuser(compose_job("train_diffuser", [*overrides, *resume]), out)
     marker.write_text(json.dumps(list(overrides)))
     return results, False
