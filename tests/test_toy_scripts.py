@@ -90,6 +90,7 @@ def test_uninformative_inputs_script(script, tmp_path):
     ("uninformative_inputs", "input_kinds=[{kind: periodic, perod: 3}]", "perod"),
     ("localization_norms", "norms=[none,grup]", "norms entry 'grup'"),
     ("localization_norms", "norm_batch=3", "norm_batch=3 must be a positive divisor"),
+    ("localization_norms", "hidden=12", "norms entry 'group': norm=group with {'groups': 8} cannot normalize 12"),
 ])
 def test_bad_toy_settings_fail_with_one_line(script, tmp_path, job, override, message):
     proc = script(job, *TINY, override, run_dir=tmp_path)

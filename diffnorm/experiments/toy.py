@@ -15,6 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 from scipy.stats import spearmanr
 
 from diffnorm.analysis.receptive_field import receptive_field
+from diffnorm.config import validate_config
 from diffnorm.errors import ConfigError
 from diffnorm.experiments.common import compose_job, require, write_results
 from diffnorm.experiments.parallel import map_trials
@@ -71,9 +72,10 @@ def localization_trial(norm: dict, seed: int, length: int, depth: int, kernel_si
     losses = train_localization(model, length, steps, lr, batch_size, accumulation, seed=seed, progress=True,
                                 desc=f"{_norm_label(norm)} seed {seed}", inputs=inputs)
     target = ramp_target(length).numpy()
+    test_inputs = {n: sample_inputs(n, length, seed=10_000 + seed, inputs=inputs) for n in (n_test, n_test_more) if n}
 
     def measure(n: int) -> dict[str, Any]:
-        preds = predict(model, sample_inputs(n, length, seed=10_000 + seed, inputs=inputs), eval_batch_size)
+        preds = predict(model, test_inputs[n], eval_batch_size)
         mask = localized_indices(preds, alpha)
         measured = {"test_loss": float(((preds - target) ** 2).mean()), "pred_mean": preds.mean(0),
                     "pred_std": preds.std(0), "localized": mask, "distance": localization_distance(mask)}
@@ -284,11 +286,12 @@ def localization_norms(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     settings = _trial_settings(cfg)
     jobs = []
     for name in cfg.norms:
-        try:
-            norm = OmegaConf.to_container(compose_job("localization", [f"norm={name}"]).norm)
+        try:  # the norm's settings from configs/norm/, checked as the localization job checks its own
+            composed = compose_job("localization", [f"norm={name}", f"hidden={cfg.hidden}"])
+            validate_config("localization", composed)
         except ConfigError as err:
             raise ConfigError(f"norms entry {name!r}: {err}") from None
-        _check_norm_width(norm, cfg.hidden)
+        norm = OmegaConf.to_container(composed.norm)
         if name == "batch":  # the same gradient batch, batch_size x accumulation, normalized b at a time
             extra = {"norm": {**norm, "eval_stats": ["minibatch", "population"]}, "batch_size": cfg.norm_batch,
                      "accumulation": cfg.accumulation * cfg.batch_size // cfg.norm_batch,
@@ -345,11 +348,6 @@ def uninformative_inputs(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
                        f"{_norm_label(norm)} on inputs of decreasing information", out_dir / "uninformative_inputs.png")
     plots.localized_masks(masks, radius, out_dir / "uninformative_inputs_localized_seed0.png")
     return results
-
-
-def _check_norm_width(norm: dict, hidden: int) -> None:
-    groups = norm.get("groups", 1)
-    require(hidden % groups == 0, f"norm {norm['name']} with groups={groups} cannot normalize hidden={hidden} channels")
 
 
 def _print_table(table: dict[str, dict[str, Any]], inner: slice) -> None:
