@@ -32,3 +32,45 @@ def test_workers_get_their_own_lines():
     results = map_trials(_labelled_trial, [{"label": f"trial {k}"} for k in range(4)], workers=2, desc="trials")
     assert [r[0] for r in results] == [f"trial {k}" for k in range(4)]
     assert {r[1] for r in results} <= {"1", "2"}, "every trial ran on a worker line, not the main one"
+
+
+_SLEEPING_STUDY = '''
+import os, sys, time
+from pathlib import Path
+from diffnorm.experiments.parallel import map_trials
+
+def trial(k):
+    Path(sys.argv[1], f"worker{k}.pid").write_text(str(os.getpid()))
+    time.sleep(600)
+
+if __name__ == "__main__":
+    map_trials(trial, [{"k": 0}, {"k": 1}], workers=2, desc="trials")
+'''
+
+
+def test_sigterm_to_the_main_process_ends_its_workers(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    script = tmp_path / "study.py"
+    script.write_text(_SLEEPING_STUDY)
+    proc = subprocess.Popen([sys.executable, str(script), str(tmp_path)], stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while len(list(tmp_path.glob("worker*.pid"))) < 2:
+        assert proc.poll() is None and time.monotonic() < deadline, "the workers never started"
+        time.sleep(0.2)
+    pids = [int(p.read_text()) for p in tmp_path.glob("worker*.pid")]
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode != 0 and "KeyboardInterrupt" in err
+    time.sleep(1)  # terminate() is asynchronous
+    for pid in pids:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            continue
+        os.kill(pid, signal.SIGKILL)
+        raise AssertionError(f"worker {pid} still ran after the main process was terminated")

@@ -5,9 +5,11 @@ The toy networks are too small for intra-op threading to pay off, so processes s
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
-from collections.abc import Callable, Sequence
+import threading
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
 from typing import Any
@@ -29,17 +31,33 @@ def _worker_init(counter: Any, lock: Any) -> None:
     tqdm.set_lock(lock)
 
 
+@contextlib.contextmanager
+def _sigterm_as_ctrl_c() -> Iterator[None]:
+    """While active, SIGTERM in the main process raises ``KeyboardInterrupt`` as Ctrl-C does, so a
+    ``kill`` of the job ends its workers too instead of leaving them training."""
+    if threading.current_thread() is not threading.main_thread():  # signals reach the main thread only
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def map_trials(fn: Callable[..., Any], jobs: Sequence[dict], workers: int, desc: str) -> list[Any]:
-    """``[fn(**job) for job in jobs]``, spread over ``workers`` processes, in order, with a progress bar."""
+    """``[fn(**job) for job in jobs]``, spread over ``workers`` processes, in order, with a progress bar.
+
+    Ctrl-C or SIGTERM to the main process ends the workers and raises ``KeyboardInterrupt``."""
     if workers <= 1 or len(jobs) <= 1:
         return [fn(**job) for job in tqdm(jobs, desc=desc)]
     context = get_context("spawn")
     counter, lock = context.Value("i", 0), context.RLock()
     tqdm.set_lock(lock)
-    with ProcessPoolExecutor(min(workers, len(jobs)), mp_context=context, initializer=_worker_init,
-                             initargs=(counter, lock)) as pool:
-        futures = [pool.submit(fn, **job) for job in jobs]
+    with _sigterm_as_ctrl_c(), ProcessPoolExecutor(min(workers, len(jobs)), mp_context=context,
+                                                   initializer=_worker_init, initargs=(counter, lock)) as pool:
         try:
+            futures = [pool.submit(fn, **job) for job in jobs]
             for future in tqdm(futures, desc=desc):
                 future.result()
         except KeyboardInterrupt:
