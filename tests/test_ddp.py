@@ -165,10 +165,7 @@ def test_torchrun_two_ranks_train_diffuser_script(tmp_path):
 
     from conftest import ROOT
 
-    tiny = ["model.dim=8", "model.dim_mults=[1,2,2]", "env.horizon=32", "env.n_diffusion_steps=8",
-            "env.dataset_steps=3000", "train.batch_size=4", "train.grad_accumulation=1", "train.n_samples=2",
-            "train.num_threads=1", "train.progress=false", "train.steps=3", "train.sample_every=0",
-            "train.log_every=1"]
+    tiny = ["experiment=tiny", "train.grad_accumulation=1", "train.steps=3", "train.log_every=1"]
     run = tmp_path / "run"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
            str(ROOT / "scripts" / "train_diffuser.py"), *tiny, f"data_dir={tmp_path / 'data'}", f"hydra.run.dir={run}"]

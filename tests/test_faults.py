@@ -38,9 +38,7 @@ from diffnorm.training.checkpoint import CHECKPOINT, load_checkpoint
 from diffnorm.training.loop import EpochOrder
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = ["experiment=tiny", "model.dim=8", "model.dim_mults=[1,2,2]", "env.horizon=32", "env.n_diffusion_steps=8",
-        "env.dataset_steps=3000", "train.batch_size=4", "train.grad_accumulation=1", "train.n_samples=2",
-        "train.num_threads=1", "train.progress=false", "train.sample_every=0", "device=cpu"]
+TINY = ["experiment=tiny", "train.grad_accumulation=1", "device=cpu"]
 PROPERTY = settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 

@@ -23,9 +23,9 @@ from diffnorm.analysis.influence import (
     sees_both_ends,
     site_receptive_fields,
 )
+from diffnorm.analysis.leak import default_dtype
 from diffnorm.analysis.receptive_field import receptive_field
 from diffnorm.diffusion.gaussian import GaussianDiffusion
-from diffnorm.experiments.leak_probe import default_dtype
 from diffnorm.models.norms import norm_factory
 from diffnorm.models.temporal_unet import TemporalUnet
 from diffnorm.probing.hooks import record_activations

@@ -5,10 +5,11 @@ import subprocess
 import sys
 
 LIBRARY = ["diffnorm.models.temporal_unet", "diffnorm.models.norms", "diffnorm.diffusion.gaussian",
-           "diffnorm.data.d4rl_format", "diffnorm.data.generate", "diffnorm.data.sequence", "diffnorm.envs.maze2d",
-           "diffnorm.envs.frames", "diffnorm.analysis.influence", "diffnorm.analysis.receptive_field",
-           "diffnorm.training.loop", "diffnorm.training.checkpoint", "diffnorm.planning.rollout",
-           "diffnorm.probing.probes", "diffnorm.toy.localization", "diffnorm.errors", "diffnorm.io"]
+           "diffnorm.data.d4rl_format", "diffnorm.data.generate", "diffnorm.data.stitch", "diffnorm.data.sequence",
+           "diffnorm.envs.maze2d", "diffnorm.envs.frames", "diffnorm.analysis.influence", "diffnorm.analysis.leak",
+           "diffnorm.analysis.receptive_field", "diffnorm.training.loop", "diffnorm.training.checkpoint",
+           "diffnorm.planning.rollout", "diffnorm.probing.probes", "diffnorm.toy.localization", "diffnorm.errors",
+           "diffnorm.io"]
 
 
 def test_library_packages_do_not_import_hydra():

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 
 from diffnorm.data.d4rl_format import load_d4rl_hdf5, read_attrs
-from diffnorm.data.generate import stitch_episode_stats
-from diffnorm.data.sequence import SequenceDataset
-from diffnorm.envs.maze2d import in_wall, maze_spec
 from diffnorm.data.ogbench_stitch import ensure_ogbench_stitch_dataset, generate_ogbench_stitch
+from diffnorm.data.sequence import SequenceDataset
+from diffnorm.data.stitch import stitch_episode_stats
+from diffnorm.envs.maze2d import in_wall, maze_spec
 from diffnorm.envs.ogbench_maze import (
     OGBENCH_STEP,
     OGBenchFrame,

@@ -16,9 +16,8 @@ from diffnorm.planning.kinematic import PlanFollower, plans_in_wall_fraction
 
 ogbench = pytest.importorskip("ogbench", reason="needs the optional 'ogbench' package")
 MEDIUM = "maze2d-medium"
-TRAIN = ["experiment=quick", "model.dim=8", "model.dim_mults=[1,2,2]", "env.horizon=32", "env.n_diffusion_steps=4",
-         "train.steps=2", "train.batch_size=4", "train.n_samples=2", "train.sample_every=0",
-         "train.checkpoint_every=2", "train.progress=false"]
+TRAIN = ["experiment=tiny", "env.n_diffusion_steps=4", "train.grad_accumulation=1", "train.steps=2",
+         "train.checkpoint_every=2"]
 
 
 class RecordingPlanner:

@@ -206,9 +206,7 @@ def test_episode_tasks_depend_on_seed_and_index_only():
 
 # ---- a tiny trained checkpoint: the planner, the job, the script ----
 
-TINY = ["model.dim=8", "model.dim_mults=[1,2,2]", "env.horizon=32", "env.n_diffusion_steps=8",
-        "env.dataset_steps=3000", "train.batch_size=4", "train.grad_accumulation=1", "train.n_samples=2",
-        "train.num_threads=1", "train.progress=false", "train.steps=4", "train.sample_every=0"]
+TINY = ["experiment=tiny", "train.grad_accumulation=1"]
 
 
 @pytest.fixture(scope="module")

@@ -10,9 +10,10 @@ from conftest import load_results
 from omegaconf import OmegaConf
 
 from diffnorm.data.d4rl_format import load_d4rl_hdf5, read_attrs, write_d4rl_hdf5
-from diffnorm.data.generate import (
+from diffnorm.data.generate import WaypointController
+from diffnorm.data.sequence import SequenceDataset
+from diffnorm.data.stitch import (
     STITCH_RECIPE_VERSION,
-    WaypointController,
     ensure_stitch_dataset,
     generate_stitch,
     stitch_check,
@@ -21,7 +22,6 @@ from diffnorm.data.generate import (
     stitch_tasks,
     stitch_travel_cells,
 )
-from diffnorm.data.sequence import SequenceDataset
 from diffnorm.envs.maze2d import bfs_distances, in_wall, maze_spec
 from diffnorm.experiments.common import ConfigError, compose_job
 from diffnorm.experiments.diffuser import load_training_data

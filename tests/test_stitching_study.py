@@ -11,9 +11,8 @@ from diffnorm.experiments.common import ConfigError, compose_job
 from diffnorm.experiments.stitching import stitching_study
 from diffnorm.planning.stitch import plan_path_stats
 
-TRAIN = ["experiment=quick", "model.dim=8", "model.dim_mults=[1,2,2]", "env.horizon=32", "env.n_diffusion_steps=8",
-         "train.steps=2", "train.batch_size=4", "train.n_samples=2", "train.sample_every=0",
-         "train.checkpoint_every=2", "train.progress=false"]
+TRAIN = ["experiment=tiny", "train.grad_accumulation=1", "train.steps=2",
+         "train.checkpoint_every=2"]
 
 
 def _tiny(tmp_path, *extra: str) -> list[str]:

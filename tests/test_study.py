@@ -2,9 +2,7 @@
 
 from conftest import load_results
 
-TRAIN = ["experiment=quick", "model.dim=8", "model.dim_mults=[1,2,2]", "env.horizon=32", "env.n_diffusion_steps=8",
-         "env.dataset_steps=3000", "train.steps=3", "train.batch_size=4", "train.n_samples=2",
-         "train.sample_every=0", "train.checkpoint_every=3", "train.progress=false"]
+TRAIN = ["experiment=tiny", "train.grad_accumulation=1", "train.steps=3", "train.checkpoint_every=3"]
 TOY = ["seeds=[0]", "steps=20", "n_test=40", "workers=1", "length=24", "depth=2", "kernel_size=3", "hidden=8",
        "probe.steps=10", "probe.n_train=8", "probe.n_test=40"]
 LEAK = ["horizons=[32]", "influence.n_windows=1", "influence.row_stride=3", "influence.t_fractions=[1.0]",

@@ -269,10 +269,8 @@ def test_metrics_csv_has_one_row_per_log_interval(tmp_path):
 
 # ---- the job in-process on composed configs, and the script end to end in subprocesses ----
 
-TINY = ["model.dim=8", "model.dim_mults=[1,2,2]", "env.horizon=32", "env.n_diffusion_steps=8",
-        "env.dataset_steps=3000", "train.batch_size=4", "train.grad_accumulation=2", "train.n_samples=2",
-        "train.num_threads=1", "train.progress=false"]
-KILL_RUN = ["experiment=published", "train.steps=60", "train.checkpoint_every=3", "train.sample_every=0", "train.log_every=3"]
+TINY = ["experiment=tiny"]
+KILL_RUN = ["train.steps=60", "train.checkpoint_every=3", "train.sample_every=0", "train.log_every=3"]
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from diffnorm.data.d4rl_format import read_attrs, write_d4rl_hdf5
-from diffnorm.data.generate import stitch_check, stitch_tasks
+from diffnorm.data.stitch import stitch_check, stitch_tasks
 from diffnorm.envs.frames import OGBenchFrame
 from diffnorm.envs.maze2d import bfs_distances, maze_spec
 from diffnorm.envs.ogbench_maze import (

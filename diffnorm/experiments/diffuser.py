@@ -87,7 +87,7 @@ def env_option_of(env: DictConfig) -> str:
     """The env config option (``configs/env/<option>.yaml``) a resolved env config came from, by the
     configs' naming rule: maze2d-<maze> is ``maze2d_<maze>``, an OGBench twin ``ogbench_<its id without -v0>``."""
     og = OmegaConf.select(env, "ogbench")
-    name = str(env.name) if og is None else "ogbench_" + str(og.env).removesuffix("-v0")
+    name = str(env.name) if og is None else "ogbench_" + og.env.removesuffix("-v0")
     return name.replace("-", "_")
 
 
@@ -151,7 +151,7 @@ def with_device_default(cfg: DictConfig, device: torch.device) -> DictConfig:
     if device.type != "cpu":
         log.info("%s: the Diffuser's published settings (train.steps=%d)", device, cfg.train.steps)
         return _apply(cfg, {"preset": "published"})
-    preset = cpu_preset_name(str(cfg.env.name))
+    preset = cpu_preset_name(cfg.env.name)
     log.warning("CPU: training with experiment=%s, the measured CPU preset of %s (the published 2,000,000 steps "
                 "would take days here); experiment=published forces the paper's settings", preset, cfg.env.name)
     base = compose_job("train_diffuser", [f"env={env_option_of(cfg.env)}", f"experiment={preset}"])
@@ -173,26 +173,26 @@ def load_training_data(cfg: DictConfig, scaler: TrajectoryScaler | None = None
                        ) -> tuple[SequenceDataset, dict[str, Any]]:
     """The configured dataset (given file, or generated and cached) in the package's coordinate frame,
     cut into horizon windows; and where it came from (path, frame and why that frame)."""
-    data_dir = resolve_path(str(cfg.data_dir))
+    data_dir = resolve_path(cfg.data_dir)
     if cfg.dataset is not None:
-        path = resolve_path(str(cfg.dataset))
+        path = resolve_path(cfg.dataset)
         require(path.is_file(), f"dataset={cfg.dataset} does not exist ({path})")
     elif OmegaConf.select(cfg, "env.ogbench") is not None:  # OGBench's stitch recipe in its own env
         og = cfg.env.ogbench
-        path = ensure_ogbench_stitch_dataset(ogbench_maze_of(cfg.env), int(og.episodes), int(og.episode_steps),
-                                             seed=int(og.data_seed), data_dir=data_dir,
-                                             progress=bool(cfg.train.progress))
+        path = ensure_ogbench_stitch_dataset(ogbench_maze_of(cfg.env), og.episodes, og.episode_steps,
+                                             seed=og.data_seed, data_dir=data_dir,
+                                             progress=cfg.train.progress)
     else:
-        require(int(cfg.env.dataset_steps) > 0, f"env.dataset_steps={cfg.env.dataset_steps} must be positive")
-        path = ensure_dataset(str(cfg.env.name), int(cfg.env.dataset_steps), int(cfg.data_seed),
-                              data_dir=data_dir, progress=bool(cfg.train.progress))
+        require(cfg.env.dataset_steps > 0, f"env.dataset_steps={cfg.env.dataset_steps} must be positive")
+        path = ensure_dataset(cfg.env.name, cfg.env.dataset_steps, cfg.data_seed,
+                              data_dir=data_dir, progress=cfg.train.progress)
     # Files of separate episodes (stitch, OGBench) say so in their metadata: cut at their timeouts only, and
     # take the observation width from the file (OGBench's point has positions only).
     separate = read_attrs(path).get("segments") == "timeouts"
-    data, source = load_dataset(path, maze=str(cfg.env.name), frame=str(cfg.get("dataset_frame", "auto")),
+    data, source = load_dataset(path, maze=cfg.env.name, frame=str(cfg.get("dataset_frame", "auto")),
                                 observation_dim=None if separate else 4)
     source.pop("attrs")
-    dataset = SequenceDataset(data, int(cfg.env.horizon), None if separate else maze_spec(str(cfg.env.name)).eval_goal_xy,
+    dataset = SequenceDataset(data, cfg.env.horizon, None if separate else maze_spec(cfg.env.name).eval_goal_xy,
                               scaler=scaler, cut_at_timeouts=separate)
     require(dataset.transition_dim == cfg.diffusion.observation_dim + cfg.diffusion.action_dim,
             f"dataset transitions have {dataset.transition_dim} dims, the model expects "
@@ -212,12 +212,12 @@ class PlanSampler:
     """Samples plans from fixed dataset windows' start/goal states and draws them on the maze."""
 
     def __init__(self, cfg: DictConfig, dataset: SequenceDataset, out: Path):
-        n = min(int(cfg.train.n_samples), len(dataset))
-        picks = torch.randperm(len(dataset), generator=_seeded(int(cfg.seed), 2))[:n].tolist()
+        n = min(cfg.train.n_samples, len(dataset))
+        picks = torch.randperm(len(dataset), generator=_seeded(cfg.seed, 2))[:n].tolist()
         self.reference, self.conditions = collate([dataset[i] for i in picks], torch.device("cpu"))
         self.cfg, self.scaler, self.out = cfg, dataset.scaler, out
-        self.maze = str(cfg.env.name)
-        self.action_dim = int(cfg.diffusion.action_dim)
+        self.maze = cfg.env.name
+        self.action_dim = cfg.diffusion.action_dim
         self.history: list[dict[str, Any]] = []
 
     def __call__(self, diffusion: GaussianDiffusion, step: int) -> None:
@@ -247,8 +247,8 @@ def _plan_stats(maze: str, xy: np.ndarray) -> dict[str, float]:
 
 def _configure_threads(cfg: DictConfig) -> None:
     if cfg.train.num_threads is not None:
-        require(int(cfg.train.num_threads) >= 1, f"train.num_threads={cfg.train.num_threads} must be positive")
-        torch.set_num_threads(int(cfg.train.num_threads))
+        require(cfg.train.num_threads >= 1, f"train.num_threads={cfg.train.num_threads} must be positive")
+        torch.set_num_threads(cfg.train.num_threads)
 
 
 def train_diffuser(cfg: DictConfig, out: Path) -> dict[str, Any]:
@@ -256,13 +256,13 @@ def train_diffuser(cfg: DictConfig, out: Path) -> dict[str, Any]:
     (``resume_config``). Without an ``experiment=`` a CPU trains the maze's CPU preset
     (``with_device_default``)."""
     start = time.perf_counter()
-    device = resolve_device(str(cfg.device))
+    device = resolve_device(cfg.device)
     cfg = resume_config(cfg, out) if cfg.train.resume else with_device_default(cfg, device)
     validate_config("train_diffuser", cfg)
     _configure_threads(cfg)
     # Under torchrun (WORLD_SIZE > 1): join the process group; rank 0 alone generates data and writes files.
     dist, device = init_distributed(device)
-    seed_everything(int(cfg.seed))
+    seed_everything(cfg.seed)
     diffusion = build_diffusion(cfg)  # first, so a bad horizon or norm fails before any data work
     scaler = _check_resume_matches(out, cfg) if cfg.train.resume else None
     if not dist.is_main:
@@ -275,7 +275,7 @@ def train_diffuser(cfg: DictConfig, out: Path) -> dict[str, Any]:
     n_params = sum(p.numel() for p in diffusion.parameters())
     log.info("%s with norm=%s: %d parameters, device %s, %d torch threads", cfg.model.name, cfg.norm.name,
              n_params, device, torch.get_num_threads())
-    summary, _ = train_diffusion(diffusion, dataset, cfg.train, int(cfg.seed), out, device, cfg,
+    summary, _ = train_diffusion(diffusion, dataset, cfg.train, cfg.seed, out, device, cfg,
                                    on_sample=sampler)
     if not dist.is_main:
         return summary

@@ -88,8 +88,8 @@ def learning_curve(cfg: DictConfig, out: Path) -> dict[str, Any]:
     start = time.perf_counter()
     runs = [resolve_path(r) for r in (cfg.runs or [])]
     require(bool(runs), "runs=[<train_diffuser run dir>, ...] is required (runs trained with train.snapshot_every=N)")
-    torch.set_num_threads(int(cfg.num_threads))
-    device = resolve_device(str(cfg.device))
+    torch.set_num_threads(cfg.num_threads)
+    device = resolve_device(cfg.device)
     wanted = None if cfg.steps is None else {int(s) for s in cfg.steps}
     records = []
     for run in runs:
@@ -98,11 +98,11 @@ def learning_curve(cfg: DictConfig, out: Path) -> dict[str, Any]:
         require(bool(snapshots), f"{run} has no snapshots{'' if wanted is None else f' at steps {sorted(wanted)}'}"
                 f"; train it with train.snapshot_every=N")
         run_cfg = OmegaConf.load(run / CONFIG)
-        maze, norm = str(run_cfg.env.name), str(run_cfg.norm.name)
-        published = maze_spec(maze).diffuser_score[str(cfg.mode)]
+        maze, norm = run_cfg.env.name, run_cfg.norm.name
+        published = maze_spec(maze).diffuser_score[cfg.mode]
         points = []
         for step, path in snapshots:
-            point = _evaluate(path, str(cfg.mode), int(cfg.episodes), int(cfg.seed), cfg.sampler, cfg.num_steps,
+            point = _evaluate(path, cfg.mode, cfg.episodes, cfg.seed, cfg.sampler, cfg.num_steps,
                               device)
             points.append(point)
             log.info("%s %s step %d (%.0f s trained): score %.1f ± %.1f, success %.0f%%", maze, norm, step,
@@ -116,15 +116,15 @@ def learning_curve(cfg: DictConfig, out: Path) -> dict[str, Any]:
             "train": {k: run_cfg.train[k] for k in ("batch_size", "grad_accumulation", "lr", "ema_decay",
                                                     "ema_every", "num_threads", "shards")
                       if k in run_cfg.train},
-            "n_diffusion_steps": int(run_cfg.env.n_diffusion_steps), "dataset_steps": int(run_cfg.env.dataset_steps),
-            "published": {"mode": str(cfg.mode), "mean": published[0], "sem": published[1]},
+            "n_diffusion_steps": run_cfg.env.n_diffusion_steps, "dataset_steps": run_cfg.env.dataset_steps,
+            "published": {"mode": cfg.mode, "mean": published[0], "sem": published[1]},
             "points": points, "final": points[-1],
             "steps_to_published": reached["step"] if reached else None,
             "time_to_published_s": reached["train_seconds"] if reached else None,
         }
-        if int(cfg.final_multi_episodes) > 0:
-            record["final_multi"] = _evaluate(snapshots[-1][1], "multi", int(cfg.final_multi_episodes),
-                                              int(cfg.seed), cfg.sampler, cfg.num_steps, device)
+        if cfg.final_multi_episodes > 0:
+            record["final_multi"] = _evaluate(snapshots[-1][1], "multi", cfg.final_multi_episodes,
+                                              cfg.seed, cfg.sampler, cfg.num_steps, device)
             record["final_multi"]["published"] = list(maze_spec(maze).diffuser_score["multi"])
         records.append(record)
     figures = {}
@@ -132,9 +132,9 @@ def learning_curve(cfg: DictConfig, out: Path) -> dict[str, Any]:
         figures[maze] = learning_curves(out / f"curve_{maze}.png", [r for r in records if r["env"] == maze],
                                         title=f"{maze}, {cfg.mode}-task, {cfg.episodes} episodes per point")
     if cfg.summary is not None:
-        require(str(cfg.mode) == "single", "summary= records single-task scores; run it with mode=single")
-        figures["summary"] = update_summary(resolve_path(str(cfg.summary)), records, cfg.preset)
-    results = {"mode": str(cfg.mode), "episodes": int(cfg.episodes), "seed": int(cfg.seed), "runs": records,
+        require(cfg.mode == "single", "summary= records single-task scores; run it with mode=single")
+        figures["summary"] = update_summary(resolve_path(cfg.summary), records, cfg.preset)
+    results = {"mode": cfg.mode, "episodes": cfg.episodes, "seed": cfg.seed, "runs": records,
                "device": str(device), "torch_threads": torch.get_num_threads(), "files": figures,
                "wall_time_s": round(time.perf_counter() - start, 2)}
     write_results(out, results)

@@ -15,22 +15,13 @@ from omegaconf import DictConfig
 
 from diffnorm.data.d4rl_format import load_d4rl_hdf5, read_attrs, write_d4rl_hdf5
 from diffnorm.data.generate import (
-    NEAR_CELLS,
-    build_stitch_dataset,
     controller_returns,
     dataset_attrs,
     dataset_checks,
     dataset_path,
     ensure_dataset,
-    ensure_stitch_dataset,
-    episode_ranges,
     generate_maze2d,
-    stitch_check,
-    stitch_dataset_path,
-    stitch_episode_stats,
-    stitch_tasks,
 )
-from diffnorm.envs.maze2d import in_wall, maze_spec
 from diffnorm.data.ogbench_stitch import (
     ensure_ogbench_stitch_dataset,
     generate_ogbench_stitch,
@@ -38,6 +29,17 @@ from diffnorm.data.ogbench_stitch import (
     ogbench_stitch_checks,
     ogbench_stitch_path,
 )
+from diffnorm.data.stitch import (
+    NEAR_CELLS,
+    build_stitch_dataset,
+    ensure_stitch_dataset,
+    episode_ranges,
+    stitch_check,
+    stitch_dataset_path,
+    stitch_episode_stats,
+    stitch_tasks,
+)
+from diffnorm.envs.maze2d import in_wall, maze_spec
 from diffnorm.envs.ogbench_maze import OGBENCH_ENVS, ogbench_tasks
 from diffnorm.experiments.common import ConfigError, require, resolve_path, write_results
 from diffnorm.plotting.maze import dataset_coverage, draw_maze, plot_trajectory, stitch_coverage
@@ -57,15 +59,15 @@ def make_maze_dataset(cfg: DictConfig, out: Path) -> dict[str, Any]:
         return make_stitch_dataset(cfg, out)
     if kind == "ogbench":
         return make_ogbench_dataset(cfg, out)
-    name = str(cfg.env.name)
+    name = cfg.env.name
     maze_spec(name)  # unknown maze -> ConfigError before anything else
-    require(cfg.steps is not None and int(cfg.steps) > 0, f"steps={cfg.steps} must be a positive integer")
-    steps, seed = int(cfg.steps), int(cfg.seed)
+    require(cfg.steps is not None and cfg.steps > 0, f"steps={cfg.steps} must be a positive integer")
+    steps, seed = cfg.steps, cfg.seed
     path = dataset_path(name, steps, seed, resolve_path(cfg.data_dir))
     timing: dict[str, Any] = {"generated": bool(cfg.force or not path.exists())}
     if timing["generated"]:
         start = time.perf_counter()
-        data = generate_maze2d(name, steps, seed, progress=bool(cfg.progress))
+        data = generate_maze2d(name, steps, seed, progress=cfg.progress)
         generated = time.perf_counter()
         write_d4rl_hdf5(path, data, dataset_attrs(name, steps, seed))
         timing.update(generate_seconds=generated - start, write_seconds=time.perf_counter() - generated,
@@ -112,19 +114,19 @@ def _print_check(label: str, check: dict[str, Any]) -> None:
 
 
 def make_stitch_dataset(cfg: DictConfig, out: Path) -> dict[str, Any]:
-    """Stitch dataset of ``cfg.env.name`` (``diffnorm.data.generate.generate_stitch``): generate, run the
+    """Stitch dataset of ``cfg.env.name`` (``diffnorm.data.stitch.generate_stitch``): generate, run the
     stitch check, write the file only if it passes (else exit with the check in results.json), then load
     it back and check what was written."""
-    name = str(cfg.env.name)
+    name = cfg.env.name
     maze_spec(name)
     s = cfg.stitch
-    episodes, episode_steps, seed = int(s.episodes), int(s.episode_steps), int(cfg.seed)
-    travel = None if s.travel_cells is None else int(s.travel_cells)
+    episodes, episode_steps, seed = s.episodes, s.episode_steps, cfg.seed
+    travel = s.travel_cells
     path = stitch_dataset_path(name, episodes, episode_steps, seed, cfg.data_dir, travel)
     timing: dict[str, Any] = {"generated": bool(cfg.force or not path.exists())}
     if timing["generated"]:
         start = time.perf_counter()
-        data, attrs, check = build_stitch_dataset(name, episode_steps, episodes, travel, seed, bool(cfg.progress))
+        data, attrs, check = build_stitch_dataset(name, episode_steps, episodes, travel, seed, cfg.progress)
         generated = time.perf_counter()
         timing.update(generate_and_check_seconds=generated - start,
                       steps_per_second=episodes * episode_steps / (generated - start))
@@ -142,7 +144,7 @@ def make_stitch_dataset(cfg: DictConfig, out: Path) -> dict[str, Any]:
     check = stitch_check(data, tasks, name)  # on what was read back, not on what was generated
     stats = stitch_episode_stats(data, name)
     stitch_coverage(name, data["observations"][:, :2], tasks, out / "coverage.png",
-                    _episode_paths(data, int(cfg.plot_episodes)),
+                    _episode_paths(data, cfg.plot_episodes),
                     title=f"{name} stitch data\n{episodes:,} episodes x {episode_steps} steps; the tasks")
     results = {"env": name, "dataset": "stitch", "episodes": episodes, "episode_steps": episode_steps,
                "travel_cells": int(attrs["travel_cells"]), "seed": seed, "path": str(path.resolve()),
@@ -166,16 +168,16 @@ def make_ogbench_dataset(cfg: DictConfig, out: Path) -> dict[str, Any]:
     """OGBench-recipe stitch data in OGBench's own pointmaze (``diffnorm.envs.ogbench_maze``), for
     ``env=maze2d_medium|maze2d_large``; the stitch checks against OGBench's and diffnorm's tasks are
     recorded, not enforced."""
-    name = str(cfg.env.name)
+    name = cfg.env.name
     require(name in OGBENCH_ENVS, f"dataset=ogbench needs env=maze2d_medium or maze2d_large (OGBench's pointmazes), "
             f"got {name}")
     o = cfg.ogbench
-    episodes, episode_steps, seed = int(o.episodes), int(o.episode_steps), int(cfg.seed)
+    episodes, episode_steps, seed = o.episodes, o.episode_steps, cfg.seed
     path = ogbench_stitch_path(name, episodes, episode_steps, seed, resolve_path(cfg.data_dir))
     timing: dict[str, Any] = {"generated": bool(cfg.force or not path.exists())}
     if timing["generated"]:
         start = time.perf_counter()
-        data = generate_ogbench_stitch(name, episodes, episode_steps, seed=seed, progress=bool(cfg.progress))
+        data = generate_ogbench_stitch(name, episodes, episode_steps, seed=seed, progress=cfg.progress)
         generated = time.perf_counter()
         write_d4rl_hdf5(path, data, ogbench_stitch_attrs(name, episodes, episode_steps, seed,
                                                          ogbench_stitch_checks(name, data)), observation_dim=None)
@@ -187,7 +189,7 @@ def make_ogbench_dataset(cfg: DictConfig, out: Path) -> dict[str, Any]:
     checks = ogbench_stitch_checks(name, data)
     stats = stitch_episode_stats(data, name)
     stitch_coverage(name, data["observations"], ogbench_tasks(name), out / "coverage.png",
-                    _episode_paths(data, int(cfg.plot_episodes)),
+                    _episode_paths(data, cfg.plot_episodes),
                     title=f"{OGBENCH_ENVS[name]} stitch recipe\n{episodes:,} x {episode_steps} steps; OGBench's tasks")
     results = {"env": name, "dataset": "ogbench", "ogbench_env": OGBENCH_ENVS[name], "episodes": episodes,
                "episode_steps": episode_steps, "seed": seed, "path": str(path.resolve()),
@@ -208,18 +210,18 @@ def make_ogbench_dataset(cfg: DictConfig, out: Path) -> dict[str, Any]:
 def controller_baseline(cfg: DictConfig, out: Path) -> dict[str, Any]:
     """D4RL-normalized score of the waypoint controller in ``make_env``, per maze, planning every episode
     and (``cfg.d4rl_persistent``) keeping one controller across episodes as D4RL's reference script does."""
-    require(int(cfg.episodes) > 0, f"episodes={cfg.episodes} must be positive")
+    require(cfg.episodes > 0, f"episodes={cfg.episodes} must be positive")
     variants = {"replan_each_episode": True}
     if cfg.d4rl_persistent:
         variants["d4rl_persistent_controller"] = False
-    results: dict[str, Any] = {"episodes": int(cfg.episodes), "seed": int(cfg.seed), "mazes": {}}
+    results: dict[str, Any] = {"episodes": cfg.episodes, "seed": cfg.seed, "mazes": {}}
     fig, axes = plt.subplots(1, len(cfg.mazes), figsize=(4.5 * len(cfg.mazes), 4.5), squeeze=False)
     for ax, name in zip(axes[0], cfg.mazes):
         maze_spec(str(name))
         results["mazes"][name] = {}
         for label, replan in variants.items():
-            r = controller_returns(str(name), int(cfg.episodes), int(cfg.seed), replan_each_episode=replan,
-                                   keep_paths=int(cfg.plot_paths) if replan else 0)
+            r = controller_returns(str(name), cfg.episodes, cfg.seed, replan_each_episode=replan,
+                                   keep_paths=cfg.plot_paths if replan else 0)
             paths = r.pop("paths")
             results["mazes"][name][label] = r
             print(f"{name:>14} {label:>27}: normalized score {r['score_mean']:6.1f} ± {r['score_sem']:.1f} "

@@ -55,21 +55,21 @@ def plan_maze(cfg: DictConfig, out: Path) -> dict[str, Any]:
     episodes = _optional_int(cfg, "episodes")
     require(episodes is not None and episodes >= 1, f"episodes={cfg.episodes} must be a positive integer")
     if cfg.get("num_threads") is not None:
-        require(int(cfg.num_threads) >= 1, f"num_threads={cfg.num_threads} must be positive")
-        torch.set_num_threads(int(cfg.num_threads))
-    device = resolve_device(str(cfg.device))
-    loaded = load_checkpoint(resolve_path(str(cfg.checkpoint)), device)
+        require(cfg.num_threads >= 1, f"num_threads={cfg.num_threads} must be positive")
+        torch.set_num_threads(cfg.num_threads)
+    device = resolve_device(cfg.device)
+    loaded = load_checkpoint(resolve_path(cfg.checkpoint), device)
     norm = OmegaConf.to_container(loaded.cfg.norm, resolve=True)
     log.info("checkpoint %s (step %d, norm=%s) on %s", loaded.path, loaded.step, norm["name"], device)
-    evaluation = evaluate_planner(loaded, episodes=episodes, mode=str(cfg.mode), seed=int(cfg.seed),
+    evaluation = evaluate_planner(loaded, episodes=episodes, mode=cfg.mode, seed=cfg.seed,
                                   replan_every=_optional_int(cfg, "replan_every"), sampler=cfg.get("sampler"),
                                   num_steps=_optional_int(cfg, "num_steps"), max_steps=_optional_int(cfg, "max_steps"),
-                                  progress=bool(cfg.progress),
-                                  replan_off_plan=None if cfg.replan_off_plan is None else float(cfg.replan_off_plan))
+                                  progress=cfg.progress,
+                                  replan_off_plan=cfg.replan_off_plan)
     m = evaluation.metrics
     title = (f"{m['env']} {m['mode']}-task, norm={norm['name']}, {m['sampler']} x{m['num_steps']}: "
              f"score {m['score_mean']:.1f} ± {m['score_sem']:.1f}")
-    files = _figures(out, evaluation, title, int(cfg.plot_episodes))
+    files = _figures(out, evaluation, title, cfg.plot_episodes)
     r = evaluation.rollouts
     files["rollouts_npz"] = out / "rollouts.npz"
     np.savez_compressed(files["rollouts_npz"], states=r.states.astype(np.float32), rewards=r.rewards.astype(np.int8),

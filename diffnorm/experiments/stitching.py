@@ -34,8 +34,8 @@ from omegaconf import DictConfig, OmegaConf
 from diffnorm.analysis.influence import sees_both_ends
 from diffnorm.analysis.receptive_field import receptive_field
 from diffnorm.data.d4rl_format import read_attrs
-from diffnorm.data.generate import ensure_stitch_dataset
 from diffnorm.data.ogbench_stitch import ensure_ogbench_stitch_dataset
+from diffnorm.data.stitch import ensure_stitch_dataset
 from diffnorm.envs.ogbench_maze import ogbench_maze_of
 from diffnorm.experiments.common import compose_job, require, resolve_path, write_results
 from diffnorm.experiments.diffuser import env_option_of, train_or_reuse
@@ -117,12 +117,12 @@ def _validate(cfg: DictConfig) -> tuple[list[str], list[int]]:
     unknown = [n for n in norms if n not in NORM_LAYERS]
     require(not unknown, f"unknown norm(s) {unknown} in norms={norms}; choose from {sorted(NORM_LAYERS)}")
     require(len(norms) >= 2 and len(set(norms)) == len(norms), f"norms={norms} needs at least two distinct norms")
-    require(str(cfg.baseline) in norms, f"baseline={cfg.baseline} must be one of norms={norms}")
+    require(cfg.baseline in norms, f"baseline={cfg.baseline} must be one of norms={norms}")
     require(all(isinstance(s, int) and not isinstance(s, bool) for s in seeds) and len(set(seeds)) == len(seeds),
             f"seeds={seeds} must be distinct integers")
     require(len(seeds) >= 2, f"seeds={seeds}: the comparison across seeds needs at least two seeds")
-    require(int(cfg.episodes_per_task) >= 1, f"episodes_per_task={cfg.episodes_per_task} must be positive")
-    require(int(cfg.workers) >= 1, f"workers={cfg.workers} must be positive")
+    require(cfg.episodes_per_task >= 1, f"episodes_per_task={cfg.episodes_per_task} must be positive")
+    require(cfg.workers >= 1, f"workers={cfg.workers} must be positive")
     return norms, [int(s) for s in seeds]
 
 
@@ -178,20 +178,20 @@ def env_option(cfg: DictConfig) -> str:
 def _stitch_data(cfg: DictConfig, probe: DictConfig, data_dir: str) -> tuple[Path, dict[str, Any]]:
     """The study's stitch file (generated and cached on first use) and its description for results.json:
     diffnorm's stitch recipe in maze2d, or OGBench's in its own env when the env config has ``ogbench``."""
-    maze, horizon = str(probe.env.name), int(probe.env.horizon)
+    maze, horizon = probe.env.name, probe.env.horizon
     og = OmegaConf.select(probe, "env.ogbench")
-    default_steps = horizon if og is None else int(og.episode_steps)
-    episode_steps = default_steps if cfg.stitch.episode_steps is None else int(cfg.stitch.episode_steps)
+    default_steps = horizon if og is None else og.episode_steps
+    episode_steps = default_steps if cfg.stitch.episode_steps is None else cfg.stitch.episode_steps
     require(episode_steps >= horizon, f"stitch.episode_steps={episode_steps} is shorter than the training horizon "
             f"{horizon}: no episode would give a training window")
     if og is None:
-        path = ensure_stitch_dataset(maze, episode_steps, int(cfg.stitch.episodes), seed=int(cfg.stitch.seed),
+        path = ensure_stitch_dataset(maze, episode_steps, cfg.stitch.episodes, seed=cfg.stitch.seed,
                                      data_dir=data_dir, progress=False).resolve()
         attrs = read_attrs(path)
         check, passed = json.loads(attrs["stitch_check_json"]), bool(attrs["stitch_check_passed"])
     else:
-        path = ensure_ogbench_stitch_dataset(ogbench_maze_of(probe.env), int(cfg.stitch.episodes), episode_steps,
-                                             seed=int(cfg.stitch.seed), data_dir=data_dir, progress=False).resolve()
+        path = ensure_ogbench_stitch_dataset(ogbench_maze_of(probe.env), cfg.stitch.episodes, episode_steps,
+                                             seed=cfg.stitch.seed, data_dir=data_dir, progress=False).resolve()
         attrs = read_attrs(path)
         # Recorded, not enforced: it is OGBench's recipe, and its medium task 3 is short enough to be covered.
         check = json.loads(attrs["stitch_checks_json"])["ogbench_tasks"]
@@ -213,23 +213,22 @@ def stitching_study(cfg: DictConfig, out: Path) -> dict[str, Any]:
     env_override = [f"env={env_option(cfg)}"]
     train_overrides = [str(o) for o in cfg.train_overrides]
     probe = compose_job("train_diffuser", env_override + train_overrides + [f"norm={norms[0]}"])
-    maze, horizon = str(probe.env.name), int(probe.env.horizon)
+    maze, horizon = probe.env.name, probe.env.horizon
     og = OmegaConf.select(probe, "env.ogbench")
-    require(og is None or str(og.controller) == "kinematic",
+    require(og is None or og.controller == "kinematic",
             f"env.ogbench.controller={None if og is None else og.controller}: OGBench's point is kinematic, "
             "so plans are followed by the kinematic PlanFollower ('kinematic')")
     benchmark = "maze2d" if og is None else "ogbench"
     title = f"{maze} stitch tasks" if og is None else f"OGBench {og.env} tasks"
-    train_data = str(cfg.train_data)
+    train_data = cfg.train_data
     require(train_data in ("stitch", "full"), f"train_data={train_data}: choose stitch (the study) or full "
             "(the ceiling control: the env's whole-path dataset, the same tasks)")
     # null: maze2d replans an episode its plan has left behind (the ceiling needs it: an open-loop plan
     # that cuts a corner strands the agent on the wall); OGBench's follower replans as its env config says.
     if cfg.protocol is not None:
-        protocol = Protocol.parse(str(cfg.protocol))
+        protocol = Protocol.parse(cfg.protocol)
     else:
-        protocol = Protocol(replan_off_plan=1.0) if og is None else Protocol(
-            None if og.replan_every is None else int(og.replan_every))
+        protocol = Protocol(replan_off_plan=1.0) if og is None else Protocol(og.replan_every)
     extra = [Protocol.parse(str(name)) for name in cfg.protocols]
     require(len({p.name for p in extra}) == len(extra), f"protocols={list(cfg.protocols)} repeat each other")
     extra = [p for p in extra if p != protocol]  # the main protocol is evaluated anyway (OGBench: replan_32)
@@ -243,22 +242,22 @@ def stitching_study(cfg: DictConfig, out: Path) -> dict[str, Any]:
              "sees_both_ends": sees_both_ends(left, right, horizon)}
 
     tic = time.perf_counter()
-    data_dir = resolve_path(str(cfg.data_dir))
+    data_dir = resolve_path(cfg.data_dir)
     data_path, data_info = _stitch_data(cfg, probe, data_dir)
     timings = {"data": round(time.perf_counter() - tic, 1)}
     log.info("stitch dataset %s (check passed: %s)", data_path, data_info["stitch_check_passed"])
 
     runs_dir = out / "runs"
     grid = [(n, s) for n in norms for s in seeds]
-    max_steps = None if cfg.max_steps is None else int(cfg.max_steps)
+    max_steps = cfg.max_steps
     # The ceiling control trains on the env's own dataset (train_diffuser's default), where whole paths exist.
     dataset = [f"dataset={data_path}"] if train_data == "stitch" else [f"data_dir={data_dir}"]
     jobs = [{"overrides": env_override + train_overrides + [f"norm={n}", f"seed={s}"] + dataset,
-             "run": str(runs_dir / n / f"seed{s}"), "maze": maze, "episodes_per_task": int(cfg.episodes_per_task),
-             "eval_seed": int(cfg.eval_seed), "max_steps": max_steps, "protocol": protocol.name,
-             "device": str(cfg.device), "benchmark": benchmark, "extra_protocols": tuple(names[1:])} for n, s in grid]
+             "run": str(runs_dir / n / f"seed{s}"), "maze": maze, "episodes_per_task": cfg.episodes_per_task,
+             "eval_seed": cfg.eval_seed, "max_steps": max_steps, "protocol": protocol.name,
+             "device": cfg.device, "benchmark": benchmark, "extra_protocols": tuple(names[1:])} for n, s in grid]
     tic = time.perf_counter()
-    trials = map_trials(run_trial, jobs, int(cfg.workers), "train + evaluate")
+    trials = map_trials(run_trial, jobs, cfg.workers, "train + evaluate")
     timings["train_and_evaluate"] = round(time.perf_counter() - tic, 1)
     runs: dict[str, dict[int, dict[str, Any]]] = {n: {} for n in norms}
     by_protocol: dict[str, dict[str, dict[int, dict[str, Any]]]] = {name: {n: {} for n in norms}
@@ -271,15 +270,15 @@ def stitching_study(cfg: DictConfig, out: Path) -> dict[str, Any]:
     references = None
     if og is not None:
         tic = time.perf_counter()
-        references = ogbench_references(maze, int(cfg.episodes_per_task), int(cfg.eval_seed), max_steps,
+        references = ogbench_references(maze, cfg.episodes_per_task, cfg.eval_seed, max_steps,
                                         protocol.replan_every)
         timings["references"] = round(time.perf_counter() - tic, 1)
 
-    baseline = str(cfg.baseline)
+    baseline = cfg.baseline
     summary, comparisons = summarize(runs, baseline, [k for k, _ in METRICS], RATES)
     task_summary = summarize_tasks(runs, baseline)
     figures = _figures(out, title, maze, norms, seeds[0], runs_dir, summary, task_summary, baseline,
-                       int(cfg.plot_tasks), int(cfg.episodes_per_task), references)
+                       cfg.plot_tasks, cfg.episodes_per_task, references)
     protocols = {}
     for name, runs_p in by_protocol.items():
         p_summary, p_comparisons = summarize(runs_p, baseline, [k for k, _ in METRICS], RATES)
@@ -293,7 +292,7 @@ def stitching_study(cfg: DictConfig, out: Path) -> dict[str, Any]:
     timings["total"] = round(time.perf_counter() - start, 1)
     results = {
         "settings": OmegaConf.to_container(cfg, resolve=True), "env": maze, "benchmark": benchmark,
-        "ogbench_env": None if og is None else str(og.env), "horizon": horizon, **reach,
+        "ogbench_env": None if og is None else og.env, "horizon": horizon, **reach,
         "train_data": train_data, "protocol": protocol.name, "replan_every": protocol.replan_every,
         "replan_off_plan": protocol.replan_off_plan,
         "norms": norms, "seeds": seeds, "baseline": baseline, "torch_threads": torch.get_num_threads(),

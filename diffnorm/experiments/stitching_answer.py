@@ -70,7 +70,7 @@ def leak_by_planner(leak: dict[str, Any]) -> dict[tuple[str, int], dict[str, flo
         run = path if path.is_dir() else path.parent
         cfg = OmegaConf.load(run / "config.yaml")
         row = leak["comparison"][label]
-        out[(str(cfg.norm.name), int(cfg.seed))] = {k: float(row[k]) for k in LEAK_KEYS if k in row}
+        out[(cfg.norm.name, cfg.seed)] = {k: float(row[k]) for k in LEAK_KEYS if k in row}
     return out
 
 
@@ -126,7 +126,7 @@ def stitching_answer(cfg: DictConfig, out: Path) -> dict[str, Any]:
     require(len(studies_cfg) > 0, "give studies={<benchmark key>: <stitching_study run dir>, ...}")
     unknown = sorted(set(leak_cfg) - set(studies_cfg))
     require(not unknown, f"leak_probes keys {unknown} name no study; the keys are {sorted(cfg.studies)}")
-    baseline = str(cfg.baseline)
+    baseline = cfg.baseline
     out.mkdir(parents=True, exist_ok=True)
     entries: dict[str, Any] = {}
     summaries: dict[str, Any] = {}  # each entry's per-seed values, for the figure
@@ -156,7 +156,7 @@ def stitching_answer(cfg: DictConfig, out: Path) -> dict[str, Any]:
             figures[f"leak_vs_{outcome}_png"] = leak_scatter(out / f"leak_vs_{outcome}.png", leaks, LEAK_KEYS[0],
                                                              outcome)
     if cfg.summary is not None:
-        figures["summary"] = update_summary(resolve_path(str(cfg.summary)), entries)
+        figures["summary"] = update_summary(resolve_path(cfg.summary), entries)
     results = {"settings": OmegaConf.to_container(cfg, resolve=True), "answer": entries, "studies": studies,
                "leak": leaks, "figures": figures, "wall_time_s": round(time.perf_counter() - start, 2)}
     write_results(out, results)

@@ -86,7 +86,7 @@ def study(cfg: DictConfig, out: Path) -> dict[str, Any]:
 def summarize(cfg: DictConfig, data: dict, toy: dict, trained: dict, leak: dict, planned: dict,
               timings: dict[str, float]) -> dict[str, Any]:
     """The numbers the report states, gathered from every stage's results."""
-    base = str(cfg.baseline)
+    base = cfg.baseline
     scores = {n: [e["score"] for e in p["per_episode"]] for n, p in planned.items()}
     comparisons = {n: welch_difference(scores[n], scores[base]) for n in scores if n != base}
     return {

@@ -76,7 +76,7 @@ def evaluate_ogbench_planner(loaded: LoadedDiffuser, maze: str, episodes_per_tas
                              max_steps: int | None = None) -> OGBenchEvaluation:
     """A loaded Diffuser + ``PlanFollower`` on OGBench's fixed tasks of ``maze``, scored by the env's own
     ``info["success"]``. ``seed`` fixes OGBench's start/goal noise and the sampling noise."""
-    trained_on = str(loaded.cfg.env.name)
+    trained_on = loaded.cfg.env.name
     require(trained_on == maze, f"the checkpoint was trained on {trained_on}, not {maze}")
     require(int(loaded.diffusion.observation_dim) == 2,
             f"the checkpoint observes {loaded.diffusion.observation_dim} dims; OGBench's point observes [x, y]")

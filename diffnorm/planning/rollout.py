@@ -260,7 +260,7 @@ def evaluate_planner(loaded: LoadedDiffuser, env_name: str | None = None, episod
     ``env_name=None`` is the checkpoint's maze (another maze is refused: the scaler and the horizon
     belong to the training maze). ``seed`` fixes the tasks and the sampling noise.
     """
-    trained_on = str(loaded.cfg.env.name)
+    trained_on = loaded.cfg.env.name
     env_name = trained_on if env_name is None else env_name
     require(env_name == trained_on, f"the checkpoint was trained on {trained_on}, not {env_name}")
     resets = episode_resets(env_name, int(episodes), mode, int(seed), starts, goals)

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from diffnorm.data.generate import stitch_task_cells, stitch_tasks
+from diffnorm.data.stitch import stitch_task_cells, stitch_tasks
 from diffnorm.devices import resolve_device
 from diffnorm.envs.maze2d import in_wall, make_env, maze_spec, xy_to_cell
 from diffnorm.envs.ogbench_maze import evaluate_ogbench, oracle_policy

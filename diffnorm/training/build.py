@@ -18,9 +18,9 @@ def architecture(cfg: DictConfig) -> dict:
     return {
         "model": OmegaConf.to_container(cfg.model, resolve=True),
         "norm": OmegaConf.to_container(cfg.norm, resolve=True),
-        "horizon": int(cfg.env.horizon),
-        "observation_dim": int(cfg.diffusion.observation_dim),
-        "action_dim": int(cfg.diffusion.action_dim),
+        "horizon": cfg.env.horizon,
+        "observation_dim": cfg.diffusion.observation_dim,
+        "action_dim": cfg.diffusion.action_dim,
     }
 
 
@@ -31,7 +31,7 @@ def build_model(cfg: DictConfig) -> TemporalUnet:
     require(name in MODELS, f"unknown model {name!r}; choose one of {list(MODELS)}")
     try:
         norm_layer = norm_factory(**OmegaConf.to_container(cfg.norm, resolve=True))
-        return TemporalUnet(horizon=int(cfg.env.horizon),
+        return TemporalUnet(horizon=cfg.env.horizon,
                             transition_dim=int(cfg.diffusion.observation_dim + cfg.diffusion.action_dim),
                             norm_layer=norm_layer, **model_cfg)
     except ConfigError:
@@ -43,7 +43,7 @@ def build_model(cfg: DictConfig) -> TemporalUnet:
 def build_diffusion(cfg: DictConfig) -> GaussianDiffusion:
     """GaussianDiffusion around ``build_model(cfg)``; steps per maze come from ``cfg.env``."""
     d = cfg.diffusion
-    return GaussianDiffusion(build_model(cfg), horizon=int(cfg.env.horizon), observation_dim=int(d.observation_dim),
-                             action_dim=int(d.action_dim), n_diffusion_steps=int(cfg.env.n_diffusion_steps),
-                             clip_denoised=bool(d.clip_denoised), sampler=str(d.sampler),
-                             num_steps=None if d.num_steps is None else int(d.num_steps))
+    return GaussianDiffusion(build_model(cfg), horizon=cfg.env.horizon, observation_dim=d.observation_dim,
+                             action_dim=d.action_dim, n_diffusion_steps=cfg.env.n_diffusion_steps,
+                             clip_denoised=d.clip_denoised, sampler=d.sampler,
+                             num_steps=d.num_steps)

@@ -171,7 +171,7 @@ def _precision_and_compile(cfg: DictConfig, device: torch.device, model: nn.Modu
 def check_train_settings(cfg: DictConfig) -> None:
     for key in ("steps", "batch_size", "grad_accumulation", "ema_every", "checkpoint_every", "log_every"):
         require(int(cfg[key]) >= 1, f"train.{key}={cfg[key]} must be positive")
-    require(float(cfg.lr) > 0, f"train.lr={cfg.lr} must be positive")
+    require(cfg.lr > 0, f"train.lr={cfg.lr} must be positive")
     for key in ("sample_every", "snapshot_every", "warmup_steps"):
         require(int(cfg.get(key, 0)) >= 0, f"train.{key}={cfg.get(key)} must be >= 0 (0 = never)")
     require(cfg.get("lr_schedule", "constant") in LR_SCHEDULES,
@@ -191,11 +191,11 @@ def train_diffusion(diffusion: GaussianDiffusion, dataset: Sequence[dict[str, An
     calls ``on_sample``; ``cfg.shards`` > 1 splits each CPU batch across threads (``training.step``).
     """
     check_train_settings(cfg)
-    total, accum, batch = int(cfg.steps), int(cfg.grad_accumulation), int(cfg.batch_size)
+    total, accum, batch = cfg.steps, cfg.grad_accumulation, cfg.batch_size
     diffusion.to(device).train()
-    optimizer = make_optimizer(diffusion.parameters(), float(cfg.lr), device)
+    optimizer = make_optimizer(diffusion.parameters(), cfg.lr, device)
     info = dist_info()
-    ema = EMA(diffusion, decay=float(cfg.ema_decay), every=int(cfg.ema_every), start=int(cfg.ema_start))
+    ema = EMA(diffusion, decay=cfg.ema_decay, every=cfg.ema_every, start=cfg.ema_start)
     start, before = 0, 0.0  # step and training seconds this start continues from
     if not cfg.resume and (out / CHECKPOINT).exists():
         log.warning("train.resume=false: starting afresh and overwriting %s", out / CHECKPOINT)
@@ -226,7 +226,7 @@ def train_diffusion(diffusion: GaussianDiffusion, dataset: Sequence[dict[str, An
         schedule, warmup = str(cfg.get("lr_schedule", "constant")), int(cfg.get("warmup_steps", 0))
         for step in range(start, total):
             for group in optimizer.param_groups:
-                group["lr"] = learning_rate(step, float(cfg.lr), total, schedule, warmup)
+                group["lr"] = learning_rate(step, cfg.lr, total, schedule, warmup)
             gen = step_generator(seed, step)
             step_loss = torch.zeros((), device=device)
             for micro in range(accum):
@@ -240,14 +240,14 @@ def train_diffusion(diffusion: GaussianDiffusion, dataset: Sequence[dict[str, An
             unchecked.append(step_loss)
             bar.update(1)
 
-            log_now = done % int(cfg.log_every) == 0 or done == total
-            save_now = done % int(cfg.checkpoint_every) == 0 or done == total
+            log_now = done % cfg.log_every == 0 or done == total
+            save_now = done % cfg.checkpoint_every == 0 or done == total
             # Under DDP every rank must take the same branch: a Ctrl-C is acted on only at a log or
             # checkpoint step, where all ranks agree on it (and on NaN losses) in one all-reduce.
             stop = sigint["stop"] and info.world_size == 1
             if log_now or save_now or stop:  # these steps synchronize anyway; a NaN stops before saving
                 losses, stop = _agree(unchecked, sigint["stop"], info.world_size)
-                _check_finite(losses, done, saved, out, float(cfg.lr))
+                _check_finite(losses, done, saved, out, cfg.lr)
                 unchecked = []
                 save_now = save_now or stop
             if log_now:
@@ -270,7 +270,7 @@ def train_diffusion(diffusion: GaussianDiffusion, dataset: Sequence[dict[str, An
                 bar.close()
                 raise TrainingInterrupted(f"SIGINT at step {done} of {total}: checkpoint written to {path}; "
                                           f"continue with train.resume=true hydra.run.dir={out}")
-            if on_sample is not None and info.is_main and ((cfg.sample_every and done % int(cfg.sample_every) == 0) or done == total):
+            if on_sample is not None and info.is_main and ((cfg.sample_every and done % cfg.sample_every == 0) or done == total):
                 on_sample(ema.average, done)
     bar.close()
     if start == total and on_sample is not None and info.is_main:

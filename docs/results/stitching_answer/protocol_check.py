@@ -14,7 +14,7 @@ import time
 import numpy as np
 import torch
 
-from diffnorm.data.generate import stitch_task_cells, stitch_tasks
+from diffnorm.data.stitch import stitch_task_cells, stitch_tasks
 from diffnorm.planning.rollout import Protocol, evaluate_planner
 from diffnorm.planning.stitch import plan_path_stats
 from diffnorm.training.checkpoint import load_checkpoint

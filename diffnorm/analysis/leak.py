@@ -1,0 +1,219 @@
+"""What a trained denoiser's norm carries beyond its receptive field, measured on dataset windows.
+
+Three measurements of one network (Pfrommer et al. 2025, Sec. 2 and Definition 2.3, applied to the
+Diffuser's U-Net), each independent of the others:
+
+* ``measure_influence``: influence maps |d out_i / d in_j| on noisy windows at several diffusion steps,
+  their offset profiles and the share of their mass beyond the receptive field;
+* ``measure_probes``: probe localization at every probe site, counting localized indices whose reach
+  excludes both ends of the plan;
+* ``measure_leakage``: the output change far from a changed goal (start) condition, in one forward pass
+  and over the whole sampling chain.
+
+For a network without a time-pooling norm the first and the one-pass part of the third are exactly zero,
+and the second finds nothing beyond the receptive field: everything non-zero there is the side channel.
+The inputs are windows of a ``SequenceDataset`` (``dataset_windows``); the configs are the ``influence``,
+``probe`` and ``leakage`` groups of the leak-probe job (any object with those attributes).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import torch
+
+from diffnorm.analysis.influence import (
+    Reach,
+    beyond_band,
+    beyond_fraction,
+    blind_to,
+    chain_leakage,
+    condition_leakage,
+    influence_map,
+    interior_mask,
+    offset_profile,
+)
+from diffnorm.diffusion.gaussian import GaussianDiffusion
+from diffnorm.errors import require
+from diffnorm.probing.hooks import record_activations
+from diffnorm.probing.probes import localize_sites
+from diffnorm.toy.localization import ramp_target
+from diffnorm.training.step import collate
+
+CONDITION_STEP = {"start": 0, "goal": -1}  # which inpainted timestep each named condition sits at
+
+
+@contextlib.contextmanager
+def default_dtype(dtype: torch.dtype) -> Iterator[None]:
+    """The sampler draws its noise in the default dtype; a float64 network needs float64 noise."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(previous)
+
+
+def dataset_windows(dataset: Any, n: int, seed: int, dtype: torch.dtype
+             ) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
+    """``n`` random windows x0 [n, H, D] and their start/goal conditions {timestep: [n, obs_dim]}."""
+    require(len(dataset) >= n, f"the dataset has {len(dataset)} windows; {n} are needed")
+    picks = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))[:n].tolist()
+    x0, conditions = collate([dataset[i] for i in picks], torch.device("cpu"))
+    return x0.to(dtype), {k: v.to(dtype) for k, v in conditions.items()}
+
+
+def diffusion_steps(diffusion: GaussianDiffusion, fractions: list[float]) -> list[int]:
+    """The diffusion steps at ``fractions`` of the chain (0 = the cleanest, 1 = pure noise), sorted, unique."""
+    for f in fractions:
+        require(0.0 <= float(f) <= 1.0, f"diffusion-step fraction {f} must lie in [0, 1]")
+    last = diffusion.n_diffusion_steps - 1
+    return sorted({round(float(f) * last) for f in fractions})
+
+
+def _noisy(diffusion: GaussianDiffusion, x0: torch.Tensor, conditions: dict[int, torch.Tensor], step: int,
+           seed: int) -> torch.Tensor:
+    """x_t of the forward process at diffusion step ``step``, conditions inpainted (the denoiser's input)."""
+    noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float32)
+    t = torch.full((len(x0),), step, dtype=torch.long)
+    x_t = diffusion.noise_schedule.add_noise(x0.float(), noise, t).to(x0.dtype)
+    return diffusion.apply_conditions(x_t, conditions)
+
+
+def _changed(conditions: dict[int, torch.Tensor], step: int) -> dict[int, torch.Tensor]:
+    """The same conditions with the one at ``step`` taken from the next window (a real, different state)."""
+    changed = dict(conditions)
+    changed[step] = conditions[step].roll(1, dims=0)
+    return changed
+
+
+# ------------------------------------------------------------------------------------------- measurements
+
+def measure_influence(diffusion: GaussianDiffusion, x0: torch.Tensor, conditions: dict[int, torch.Tensor],
+                      left: int, right: int, cfg: Any, seed: int) -> dict[str, Any]:
+    """Influence maps at each configured diffusion step, their offset profiles and beyond-RF mass."""
+    length = x0.shape[1]
+    require(cfg.row_stride >= 1, f"influence.row_stride={cfg.row_stride} must be positive")
+    rows = np.arange(0, length, cfg.row_stride)
+    outside = beyond_band(rows, length, left, right)
+    maps, per_step = [], []
+    for step in diffusion_steps(diffusion, list(cfg.t_fractions)):
+        x_t = _noisy(diffusion, x0, conditions, step, seed + step)
+        t = torch.full((len(x0),), step, dtype=torch.long)
+        chunk = cfg.chunk_size
+        imap = influence_map(diffusion.model, x_t, t, rows, chunk_size=chunk).double().numpy()
+        maps.append(imap)
+        _, profile = offset_profile(imap, rows)
+        per_step.append({"t": step, "beyond_rf_fraction": beyond_fraction(imap, outside),
+                         "max_beyond_rf": float(imap[outside].max()) if outside.any() else 0.0,
+                         "max_within_rf": float(imap[~outside].max()), "profile": profile})
+    mean_map = np.mean(maps, axis=0)
+    offsets, profile = offset_profile(mean_map, rows)
+    return {"rows": rows, "map": mean_map, "offsets": offsets, "profile": profile, "per_step": per_step,
+            "beyond_rf_fraction": beyond_fraction(mean_map, outside),
+            "max_beyond_rf": float(mean_map[outside].max()) if outside.any() else 0.0}
+
+
+def _activations(model: torch.nn.Module, sites: list[str], x: torch.Tensor, t: torch.Tensor,
+                 batch_size: int) -> list[torch.Tensor]:
+    chunks: dict[str, list[torch.Tensor]] = {s: [] for s in sites}
+    with torch.no_grad(), record_activations(model, sites) as acts:
+        for start in range(0, len(x), batch_size):
+            model(x[start:start + batch_size], t[start:start + batch_size])
+            for s in sites:
+                chunks[s].append(acts[s].float())
+    return [torch.cat(chunks.pop(s)) for s in sites]  # pop: one site's chunks and its copy at a time
+
+
+def _probe_inputs(diffusion: GaussianDiffusion, dataset: Any, n: int, cfg: Any, seed: int,
+                  dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """``noise``: x_T ~ N(0, I) with dataset start/goal inpainted, the sampler's first input, whose
+    interior is stationary; ``dataset``: noisy dataset windows at step ``t_fraction``."""
+    require(cfg.inputs in ("noise", "dataset"), f"probe.inputs={cfg.inputs!r}; choose 'noise' or 'dataset'")
+    (step,) = diffusion_steps(diffusion, [cfg.t_fraction])
+    x0, conditions = dataset_windows(dataset, n, seed, dtype)
+    if cfg.inputs == "noise":
+        x = torch.randn(x0.shape, generator=torch.Generator().manual_seed(seed + 1), dtype=torch.float32)
+        x = diffusion.apply_conditions(x.to(dtype), conditions)
+    else:
+        x = _noisy(diffusion, x0, conditions, step, seed + 1)
+    return x, torch.full((n,), step, dtype=torch.long)
+
+
+def measure_probes(diffusion: GaussianDiffusion, dataset: Any, sites: list[str], reaches: dict[str, Reach],
+                   left: int, right: int, cfg: Any, seed: int, dtype: torch.dtype) -> dict[str, Any]:
+    """Definition 2.3 on probes at every site (ramp target over the site's length), and how many
+    localized indices lie beyond the network's (and the site's own) receptive field from both ends."""
+    model = diffusion.model
+    length = int(diffusion.horizon)
+    multiple = int(getattr(model, "length_multiple", 1))
+    x_train, t_train = _probe_inputs(diffusion, dataset, cfg.n_train, cfg, seed, dtype)
+    x_test, t_test = _probe_inputs(diffusion, dataset, cfg.n_test, cfg, seed + 7919, dtype)
+    train = _activations(model, sites, x_train, t_train, cfg.forward_batch)
+    test = _activations(model, sites, x_test, t_test, cfg.forward_batch)
+    # Neighbours one stride phase apart: the network is equivariant to input shifts by `multiple` only.
+    periods = [max(1, multiple // reaches[s].stride) for s in sites]
+    masks = localize_sites(train, test, ramp_target, cfg.alpha, steps=cfg.steps,
+                           hidden=cfg.hidden, batch_size=cfg.batch_size, lr=cfg.lr,
+                           seed=seed, periods=periods)
+    per_site = {}
+    for site, mask, period in zip(sites, masks, periods):
+        reach = reaches[site]
+        beyond_net = interior_mask(length, Reach(left, right, reach.stride))
+        beyond_own = interior_mask(length, reach)
+        per_site[site] = {"stride": reach.stride, "reach": [reach.left, reach.right], "period": period,
+                          "localized": np.flatnonzero(mask), "n_localized": int(mask.sum()),
+                          "beyond_rf": int(beyond_net.sum()), "localized_beyond_rf": int((mask & beyond_net).sum()),
+                          "beyond_own_rf": int(beyond_own.sum()),
+                          "localized_beyond_own_rf": int((mask & beyond_own).sum())}
+    return {"inputs": cfg.inputs, "t": int(t_train[0]), "masks": masks, "sites": per_site,
+            "localized_beyond_rf": sum(s["localized_beyond_rf"] for s in per_site.values()),
+            "sites_localizing_beyond_rf": sum(s["localized_beyond_rf"] > 0 for s in per_site.values()),
+            "localized_beyond_own_rf": sum(s["localized_beyond_own_rf"] for s in per_site.values())}
+
+
+def measure_leakage(diffusion: GaussianDiffusion, x0: torch.Tensor, conditions: dict[int, torch.Tensor],
+                    left: int, right: int, cfg: Any, seed: int, dtype: torch.dtype) -> dict[str, Any]:
+    """Per condition (goal / start): output change at indices blind to it, one pass and whole chain."""
+    length = x0.shape[1]
+    result = {}
+    for name in cfg.conditions:
+        require(name in CONDITION_STEP, f"leakage.conditions entry {name!r}; choose from {list(CONDITION_STEP)}")
+        position = CONDITION_STEP[name] % length
+        require(position in conditions, f"the model is not conditioned at timestep {position} ({name})")
+        changed = _changed(conditions, position)
+        blind = blind_to(length, position, left, right)
+        one_pass = []
+        for step in diffusion_steps(diffusion, list(cfg.t_fractions)):
+            x_t = _noisy(diffusion, x0, conditions, step, seed + step)
+            t = torch.full((len(x0),), step, dtype=torch.long)
+            delta = condition_leakage(diffusion, x_t, t, conditions, changed).double().numpy()
+            one_pass.append({"t": step, "delta": delta, **_blind_stats(delta, blind)})
+        n_chain = cfg.chain_samples
+        chain_conditions = {k: v[:n_chain] for k, v in conditions.items()}
+        with default_dtype(dtype):
+            chain = chain_leakage(diffusion, chain_conditions, _changed(chain_conditions, position), seed,
+                                  sampler=cfg.sampler, num_steps=cfg.num_steps)
+        plan = chain["plan"].double().numpy()
+        per_step = chain["per_step"].double().numpy()
+        distance = np.abs(np.arange(length) - position)
+        result[name] = {
+            "position": position, "n_blind": int(blind.sum()), "one_pass": one_pass,
+            "one_pass_max_beyond_rf": max(p["max_beyond_rf"] for p in one_pass),
+            "one_pass_mean_beyond_rf": float(np.mean([p["mean_beyond_rf"] for p in one_pass])),
+            "chain": {"plan_delta": plan, **_blind_stats(plan, blind),
+                      "per_step_mean_beyond_rf": per_step[:, blind].mean(1) if blind.any() else np.zeros(len(per_step)),
+                      # farthest index the change has reached at each denoising step (exact non-zero)
+                      "reach_per_step": [int(distance[d > 0].max()) if (d > 0).any() else 0 for d in per_step]},
+        }
+    return result
+
+
+def _blind_stats(delta: np.ndarray, blind: np.ndarray) -> dict[str, float]:
+    seen = delta[~blind].mean() if (~blind).any() else 0.0
+    beyond = delta[blind].mean() if blind.any() else 0.0
+    return {"mean_beyond_rf": float(beyond), "max_beyond_rf": float(delta[blind].max()) if blind.any() else 0.0,
+            "mean_within_rf": float(seen), "ratio_beyond_to_within": float(beyond / seen) if seen > 0 else 0.0}
