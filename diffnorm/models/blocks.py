@@ -3,8 +3,8 @@
 Every block maps [batch, channels, time] -> [batch, channels', time']. The norm is whatever
 ``norm_layer(channels)`` returns and is applied to [B, C, T] directly (no reshaping), so swapping it
 changes nothing else in the network: module names, shapes and probe sites stay identical.
-Convolutions keep activations time-major and Mish is the one-exp form: both only for speed on the CPU
-(``layout``, ``activations``); they compute the same functions as ``nn.Conv1d`` and ``nn.Mish``.
+Convolutions keep activations time-major, only for speed on the CPU (``layout``); they compute the same
+function as ``nn.Conv1d``.
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ import math
 import torch
 from torch import nn
 
-from diffnorm.models.activations import Mish
 from diffnorm.models.layout import TimeMajorConv1d, TimeMajorConvTranspose1d
 from diffnorm.models.norms import NormLayer
 
@@ -44,7 +43,7 @@ class Conv1dBlock(nn.Module):
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, norm_layer: NormLayer,
-                 activation: type[nn.Module] = Mish, conv_layer: type[nn.Conv1d] = TimeMajorConv1d):
+                 activation: type[nn.Module] = nn.Mish, conv_layer: type[nn.Conv1d] = TimeMajorConv1d):
         super().__init__()
         if kernel_size < 1 or kernel_size % 2 == 0:
             raise ValueError(f"kernel_size={kernel_size} must be odd and positive (same padding)")
@@ -66,7 +65,7 @@ class ResidualTemporalBlock(nn.Module):
                  norm_layer: NormLayer):
         super().__init__()
         self.block1 = Conv1dBlock(in_channels, out_channels, kernel_size, norm_layer)
-        self.time_mlp = nn.Sequential(Mish(), nn.Linear(embed_dim, out_channels))
+        self.time_mlp = nn.Sequential(nn.Mish(), nn.Linear(embed_dim, out_channels))
         self.block2 = Conv1dBlock(out_channels, out_channels, kernel_size, norm_layer)
         self.residual = (TimeMajorConv1d(in_channels, out_channels, 1) if in_channels != out_channels
                          else nn.Identity())

@@ -16,7 +16,6 @@ import torch
 from torch import nn
 
 from diffnorm.errors import ConfigError, require
-from diffnorm.models.activations import Mish
 from diffnorm.models.blocks import (
     Conv1dBlock,
     Downsample1d,
@@ -81,7 +80,7 @@ class TemporalUnet(nn.Module):
         pairs = list(pairwise(widths))
         embed_dim = dim
         self.time_mlp = nn.Sequential(
-            SinusoidalTimeEmbedding(dim), nn.Linear(dim, 4 * dim), Mish(), nn.Linear(4 * dim, embed_dim))
+            SinusoidalTimeEmbedding(dim), nn.Linear(dim, 4 * dim), nn.Mish(), nn.Linear(4 * dim, embed_dim))
         self.down = nn.ModuleList(
             DownLevel(c_in, c_out, embed_dim, kernel_size, norm_layer, downsample=i < len(pairs) - 1)
             for i, (c_in, c_out) in enumerate(pairs))
