@@ -438,7 +438,7 @@ def _check_train_diffuser(cfg: dict) -> None:
     env, model, train, diffusion = cfg["env"], cfg["model"], cfg["train"], cfg["diffusion"]
     if env["name"] not in maze_names():
         raise ConfigError(f"env.name={env['name']!r} is not a known maze; choose one of {maze_names()}")
-    _positive(cfg, "env.horizon", "env.n_diffusion_steps", "env.max_episode_steps", "model.dim",
+    _positive(cfg, "env.horizon", "env.n_diffusion_steps", "env.max_episode_steps", "env.dataset_steps", "model.dim",
               "model.kernel_size", "train.steps", "train.batch_size", "train.grad_accumulation", "train.ema_every",
               "train.checkpoint_every", "train.log_every", "train.n_samples", "train.num_threads",
               "diffusion.observation_dim", "diffusion.action_dim", "diffusion.num_steps")
@@ -475,43 +475,153 @@ def _check_train_diffuser(cfg: dict) -> None:
     _check_norm(norm, [model["dim"] * m for m in mults] + [model["dim"]])
 
 
-def _check_localization(cfg: dict) -> None:
-    _positive(cfg, "length", "depth", "kernel_size", "hidden", "batch_size", "accumulation", "steps", "workers")
-    if cfg["norm"].get("name") == "batch" and cfg["batch_size"] < 2:
-        raise ConfigError(f"norm=batch with batch_size={cfg['batch_size']}: batch statistics need batch_size >= 2")
-    _check_norm(cfg["norm"], [cfg["hidden"]])
-
-
 def _check_learning_curve(cfg: dict) -> None:
-    _check_plan_maze({**cfg, "replan_every": None, "replan_off_plan": None, "max_steps": None})
+    _check_planning({**cfg, "replan_every": None, "replan_off_plan": None, "max_steps": None})
     if cfg["final_multi_episodes"] < 0:
         raise ConfigError(f"final_multi_episodes={cfg['final_multi_episodes']} must be >= 0 (0 = skip)")
+    if cfg["summary"] is not None and cfg["mode"] != "single":
+        raise ConfigError("summary= records single-task scores; run it with mode=single")
 
 
-def _check_plan_maze(cfg: dict) -> None:
+def _check_planning(cfg: dict) -> None:
     _one_of(cfg, "mode", ("single", "multi"))
     _positive(cfg, "episodes", "replan_every", "max_steps", "num_steps", "num_threads")
     if cfg["sampler"] is not None:
         _one_of(cfg, "sampler", ("ddpm", "ddim", "dpm"))
 
 
+def _check_plan_maze(cfg: dict) -> None:
+    _check_planning(cfg)  # checkpoint: required when the job runs; the shipped config leaves it to the user
+
+
+def _check_toy_network(cfg: dict) -> None:
+    """The toy CNN's settings: odd kernels, and a sequence long enough to have an interior beyond the
+    receptive field (radius depth * (kernel_size - 1) / 2) from both edges."""
+    _positive(cfg, "length", "depth", "hidden", "steps", "batch_size", "n_test", "workers")
+    if cfg["kernel_size"] < 1 or cfg["kernel_size"] % 2 == 0:
+        raise ConfigError(f"kernel_size={cfg['kernel_size']} must be odd and positive")
+
+
+def _check_localization(cfg: dict) -> None:
+    from diffnorm.toy.localization import check_inputs
+
+    _check_toy_network(cfg)
+    _positive(cfg, "accumulation")
+    check_inputs(**cfg["inputs"])
+    radius = cfg["depth"] * (cfg["kernel_size"] - 1) // 2
+    if cfg["length"] <= 2 * radius:
+        raise ConfigError(f"length={cfg['length']} must exceed twice the receptive field (2 x {radius}) so an "
+                          "interior exists")
+    if cfg["norm"].get("name") == "batch" and cfg["batch_size"] < 2:
+        raise ConfigError(f"norm=batch with batch_size={cfg['batch_size']}: batch statistics need batch_size >= 2")
+    _check_norm(cfg["norm"], [cfg["hidden"]])
+
+
+def _check_groupnorm_groups(cfg: dict) -> None:
+    _check_localization(cfg)
+    for g in cfg["groups"]:
+        if g < 1 or cfg["hidden"] % g:
+            raise ConfigError(f"groups={g} must be a positive divisor of hidden={cfg['hidden']}")
+    if cfg["n_test_more"] is not None and cfg["n_test_more"] <= cfg["n_test"]:
+        raise ConfigError(f"n_test_more={cfg['n_test_more']} must exceed n_test={cfg['n_test']}")
+
+
+def _check_batchnorm_stats(cfg: dict) -> None:
+    _check_localization(cfg)
+    for b in cfg["batch_sizes"]:
+        if b < 1 or cfg["effective_batch"] % b:
+            raise ConfigError(f"batch_sizes entry {b} must be a positive divisor of "
+                              f"effective_batch={cfg['effective_batch']}")
+
+
+def _check_localization_norms(cfg: dict) -> None:
+    _check_localization(cfg)
+    if cfg["norm_batch"] < 1 or cfg["batch_size"] % cfg["norm_batch"]:
+        raise ConfigError(f"norm_batch={cfg['norm_batch']} must be a positive divisor of batch_size={cfg['batch_size']}")
+
+
+def _check_uninformative_inputs(cfg: dict) -> None:
+    from diffnorm.toy.localization import check_inputs
+
+    _check_localization(cfg)
+    for i, kind in enumerate(cfg["input_kinds"]):
+        check_inputs(**kind, key=f"input_kinds[{i}]")
+
+
+def _check_packnorm_overlap(cfg: dict) -> None:
+    _check_toy_network(cfg)
+    shrink = cfg["depth"] * (cfg["kernel_size"] - 1)
+    if cfg["length"] <= shrink:
+        raise ConfigError(f"length={cfg['length']} must exceed depth*(kernel_size-1)={shrink} (valid convolutions)")
+    for o in cfg["overlaps"]:
+        if not 0 <= o < cfg["length"]:
+            raise ConfigError(f"overlap={o} must lie in [0, length={cfg['length']})")
+
+
+def _check_leak_probe(cfg: dict) -> None:
+    _one_of(cfg, "dtype", ("float32", "float64"))
+    _positive(cfg, "num_threads", "horizon", "influence.n_windows", "influence.row_stride", "leakage.chain_samples")
+    if cfg["checkpoint"] is None and not cfg["checkpoints"] and not cfg["norms"]:
+        raise ConfigError("give checkpoint=..., checkpoints=[...] or a non-empty norms=[...]")
+    leakage = cfg["leakage"]
+    if leakage["n_windows"] < 2:
+        raise ConfigError("leakage.n_windows must be at least 2 (changed conditions come from another window)")
+    if not 1 <= leakage["chain_samples"] <= leakage["n_windows"]:
+        raise ConfigError(f"leakage.chain_samples={leakage['chain_samples']} must lie in [1, leakage.n_windows]")
+
+
+def _check_norm_comparison(cfg: dict) -> None:
+    """A comparison of norms against a baseline: at least two distinct norms, the baseline among them."""
+    norms = cfg["norms"]
+    if len(norms) < 2 or len(set(norms)) != len(norms):
+        raise ConfigError(f"norms={norms} needs at least two distinct norms")
+    if cfg["baseline"] not in norms:
+        raise ConfigError(f"baseline={cfg['baseline']} must be one of norms={norms}")
+
+
+def _check_stitching_study(cfg: dict) -> None:
+    from diffnorm.models.norms import NORM_LAYERS
+
+    unknown = [n for n in cfg["norms"] if n not in NORM_LAYERS]
+    if unknown:
+        raise ConfigError(f"unknown norm(s) {unknown} in norms={cfg['norms']}; choose from {sorted(NORM_LAYERS)}")
+    _check_norm_comparison(cfg)
+    seeds = cfg["seeds"]
+    if len(set(seeds)) != len(seeds):
+        raise ConfigError(f"seeds={seeds} must be distinct integers")
+    if len(seeds) < 2:
+        raise ConfigError(f"seeds={seeds}: the comparison across seeds needs at least two seeds")
+    _positive(cfg, "episodes_per_task", "workers", "max_steps")
+    _one_of(cfg, "train_data", ("stitch", "full"))
+
+
+def _check_make_maze_dataset(cfg: dict) -> None:
+    _one_of(cfg, "dataset", ("d4rl", "stitch", "ogbench"))
+    if cfg["dataset"] == "d4rl" and cfg["steps"] < 1:
+        raise ConfigError(f"steps={cfg['steps']} must be a positive integer")
+
+
+def _check_controller_baseline(cfg: dict) -> None:
+    _positive(cfg, "episodes")
+
+
 SCHEMAS: dict[str, tuple[type, Callable[[dict], None] | None]] = {
     "train_diffuser": (TrainDiffuserSchema, _check_train_diffuser),
     "plan_maze": (PlanMazeSchema, _check_plan_maze),
     "learning_curve": (LearningCurveSchema, _check_learning_curve),
-    "leak_probe": (LeakProbeSchema, None),
+    "leak_probe": (LeakProbeSchema, _check_leak_probe),
     "localization": (LocalizationSchema, _check_localization),
-    "groupnorm_groups": (GroupnormGroupsSchema, None),
-    "batchnorm_stats": (BatchnormStatsSchema, None),
-    "localization_norms": (LocalizationNormsSchema, None),
-    "uninformative_inputs": (UninformativeInputsSchema, None),
+    "groupnorm_groups": (GroupnormGroupsSchema, _check_groupnorm_groups),
+    "batchnorm_stats": (BatchnormStatsSchema, _check_batchnorm_stats),
+    "localization_norms": (LocalizationNormsSchema, _check_localization_norms),
+    "uninformative_inputs": (UninformativeInputsSchema, _check_uninformative_inputs),
     "toy_summary": (ToySummarySchema, None),
-    "packnorm_overlap": (PacknormOverlapSchema, None),
-    "controller_baseline": (ControllerBaselineSchema, None),
-    "make_maze_dataset": (MakeMazeDatasetSchema, None),
-    "stitching_study": (StitchingStudySchema, None),
+    "packnorm_overlap": (PacknormOverlapSchema, _check_packnorm_overlap),
+    "controller_baseline": (ControllerBaselineSchema, _check_controller_baseline),
+    "make_maze_dataset": (MakeMazeDatasetSchema, _check_make_maze_dataset),
+    "stitching_study": (StitchingStudySchema, _check_stitching_study),
     "stitching_answer": (StitchingAnswerSchema, None),
-    "study": (StudySchema, None),
+    "study": (StudySchema, _check_norm_comparison),
 }
 
 

@@ -298,11 +298,11 @@ def test_script_smoke_run(script, checkpoint, tmp_path):
 
 @pytest.mark.parametrize("overrides,message", [
     ([], "checkpoint=<train_diffuser run dir or .safetensors file> is required"),
-    (["episodes=0"], "episodes=0 must be a positive integer"),
-    (["mode=both"], "mode='both' is unknown"),
-    (["replan_every=0"], "replan_every=0 must be null or >= 1"),
+    (["episodes=0"], "episodes=0 must be positive"),
+    (["mode=both"], "mode='both' is not one of ['single', 'multi']"),
+    (["replan_every=0"], "replan_every=0 must be positive"),
     (["replan_off_plan=0"], "replan_off_plan=0.0 must be null or a positive distance"),
-    (["sampler=euler"], "sampler='euler' is unknown"),
+    (["sampler=euler"], "sampler='euler' is not one of ['ddpm', 'ddim', 'dpm']"),
 ])
 def test_bad_settings_raise_config_error(checkpoint, tmp_path, overrides, message):
     from diffnorm.experiments.planning import plan_maze

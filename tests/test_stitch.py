@@ -199,7 +199,7 @@ def test_make_maze_dataset_stitch_script(script, tmp_path):
 
 
 def test_make_maze_dataset_unknown_recipe(tmp_path):
-    with pytest.raises(ConfigError, match=re.escape("dataset='stich' is unknown; choose one of ['d4rl', 'stitch'")):
+    with pytest.raises(ConfigError, match=re.escape("dataset='stich' is not one of ['d4rl', 'stitch', 'ogbench']")):
         make_maze_dataset(compose_job("make_maze_dataset", ["dataset=stich"]), tmp_path)
 
 

@@ -84,12 +84,11 @@ def test_unknown_norm_is_one_line_error(script, tmp_path):
 @pytest.mark.parametrize(("override", "message"), [
     ("seeds=[]", "at least two seeds"), ("seeds=[0,0]", "distinct integers"), ("norms=[group]", "two distinct"),
     ("baseline=channel", "baseline=channel must be one of"), ("stitch.episode_steps=16", "shorter than the training"),
-    ("train_data=whole", "choose stitch"), ("protocols=[replan_0]", "must be null or >= 1"),
+    ("train_data=whole", "train_data='whole' is not one of ['stitch', 'full']"), ("protocols=[replan_0]", "must be null or >= 1"),
     ("protocols=[often]", "is not one of open_loop"), ("protocols=[open_loop,open_loop]", "repeat each other")])
 def test_bad_input_raises_config_error(tmp_path, override, message):
-    cfg = compose_job("stitching_study", _tiny(tmp_path, override))
-    with pytest.raises(ConfigError, match=re.escape(message)):
-        stitching_study(cfg, tmp_path / "run")
+    with pytest.raises(ConfigError, match=re.escape(message)):  # at composition or when the job starts
+        stitching_study(compose_job("stitching_study", _tiny(tmp_path, override)), tmp_path / "run")
     assert not (tmp_path / "data").exists()
 
 

@@ -338,13 +338,15 @@ def preflight(config_name: str, argv: list[str] | None = None) -> None:
 
 def compose_job(config_name: str, overrides: list[str]) -> DictConfig:
     """A job's config composed exactly as its script would, from inside a Hydra job or outside one (a
-    worker process, a test), onto the job's typed schema: an unknown key, a value of the wrong type or
-    an unknown config-group option is a ConfigError with one line that names it."""
-
+    worker process, a test), onto the job's typed schema and checked by its rules (``validate_config``):
+    an unknown key, a value of the wrong type, an unknown config-group option or a broken rule is a
+    ConfigError with one line that names it."""
     try:
-        return _compose(config_name, overrides)
+        cfg = _compose(config_name, overrides)
     except (HydraException, OmegaConfBaseException) as err:
         raise ConfigError(_composition_message(config_name, overrides, err)) from None
+    validate_config(config_name, cfg)
+    return cfg
 
 
 def _compose(config_name: str, overrides: list[str]) -> DictConfig:

@@ -183,7 +183,6 @@ def load_training_data(cfg: DictConfig, scaler: TrajectoryScaler | None = None
                                              seed=og.data_seed, data_dir=data_dir,
                                              progress=cfg.train.progress)
     else:
-        require(cfg.env.dataset_steps > 0, f"env.dataset_steps={cfg.env.dataset_steps} must be positive")
         path = ensure_dataset(cfg.env.name, cfg.env.dataset_steps, cfg.data_seed,
                               data_dir=data_dir, progress=cfg.train.progress)
     # Files of separate episodes (stitch, OGBench) say so in their metadata: cut at their timeouts only, and
@@ -247,7 +246,6 @@ def _plan_stats(maze: str, xy: np.ndarray) -> dict[str, float]:
 
 def _configure_threads(cfg: DictConfig) -> None:
     if cfg.train.num_threads is not None:
-        require(cfg.train.num_threads >= 1, f"train.num_threads={cfg.train.num_threads} must be positive")
         torch.set_num_threads(cfg.train.num_threads)
 
 

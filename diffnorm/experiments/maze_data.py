@@ -44,8 +44,6 @@ from diffnorm.envs.ogbench_maze import OGBENCH_ENVS, ogbench_tasks
 from diffnorm.experiments.common import ConfigError, require, resolve_path, write_results
 from diffnorm.plotting.maze import dataset_coverage, draw_maze, plot_trajectory, stitch_coverage
 
-DATASETS = ("d4rl", "stitch", "ogbench")
-
 
 def make_maze_dataset(cfg: DictConfig, out: Path) -> dict[str, Any]:
     """Generate ``cfg.env.name``'s dataset into ``cfg.data_dir`` (reusing a matching cached file unless
@@ -53,15 +51,13 @@ def make_maze_dataset(cfg: DictConfig, out: Path) -> dict[str, Any]:
 
     ``cfg.dataset`` picks the recipe: ``d4rl`` (one D4RL stream, below), ``stitch`` (``make_stitch_dataset``)
     or ``ogbench`` (``make_ogbench_dataset``)."""
-    kind = str(cfg.get("dataset", "d4rl"))
-    require(kind in DATASETS, f"dataset={kind!r} is unknown; choose one of {list(DATASETS)}")
+    kind = cfg.dataset
     if kind == "stitch":
         return make_stitch_dataset(cfg, out)
     if kind == "ogbench":
         return make_ogbench_dataset(cfg, out)
     name = cfg.env.name
     maze_spec(name)  # unknown maze -> ConfigError before anything else
-    require(cfg.steps is not None and cfg.steps > 0, f"steps={cfg.steps} must be a positive integer")
     steps, seed = cfg.steps, cfg.seed
     path = dataset_path(name, steps, seed, resolve_path(cfg.data_dir))
     timing: dict[str, Any] = {"generated": bool(cfg.force or not path.exists())}
@@ -210,7 +206,6 @@ def make_ogbench_dataset(cfg: DictConfig, out: Path) -> dict[str, Any]:
 def controller_baseline(cfg: DictConfig, out: Path) -> dict[str, Any]:
     """D4RL-normalized score of the waypoint controller in ``make_env``, per maze, planning every episode
     and (``cfg.d4rl_persistent``) keeping one controller across episodes as D4RL's reference script does."""
-    require(cfg.episodes > 0, f"episodes={cfg.episodes} must be positive")
     variants = {"replan_each_episode": True}
     if cfg.d4rl_persistent:
         variants["d4rl_persistent_controller"] = False

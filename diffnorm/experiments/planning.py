@@ -24,14 +24,6 @@ from diffnorm.training.checkpoint import load_checkpoint
 log = logging.getLogger(__name__)
 
 
-def _optional_int(cfg: DictConfig, key: str) -> int | None:
-    value = cfg.get(key)
-    if value is None:
-        return None
-    require(isinstance(value, int) and not isinstance(value, bool), f"{key}={value!r} must be an integer or null")
-    return int(value)
-
-
 def _figures(out: Path, evaluation: Evaluation, title: str, plot_episodes: int) -> dict[str, Path]:
     r, m = evaluation.rollouts, evaluation.metrics
     env = m["env"]
@@ -51,21 +43,16 @@ def _figures(out: Path, evaluation: Evaluation, title: str, plot_episodes: int) 
 def plan_maze(cfg: DictConfig, out: Path) -> dict[str, Any]:
     """Load ``cfg.checkpoint`` and run ``cfg.episodes`` planning episodes of ``cfg.mode``; see plan_maze.yaml."""
     start = time.perf_counter()
-    require(cfg.get("checkpoint") is not None, "checkpoint=<train_diffuser run dir or .safetensors file> is required")
-    episodes = _optional_int(cfg, "episodes")
-    require(episodes is not None and episodes >= 1, f"episodes={cfg.episodes} must be a positive integer")
-    if cfg.get("num_threads") is not None:
-        require(cfg.num_threads >= 1, f"num_threads={cfg.num_threads} must be positive")
+    require(cfg.checkpoint is not None, "checkpoint=<train_diffuser run dir or .safetensors file> is required")
+    if cfg.num_threads is not None:
         torch.set_num_threads(cfg.num_threads)
     device = resolve_device(cfg.device)
     loaded = load_checkpoint(resolve_path(cfg.checkpoint), device)
     norm = OmegaConf.to_container(loaded.cfg.norm, resolve=True)
     log.info("checkpoint %s (step %d, norm=%s) on %s", loaded.path, loaded.step, norm["name"], device)
-    evaluation = evaluate_planner(loaded, episodes=episodes, mode=cfg.mode, seed=cfg.seed,
-                                  replan_every=_optional_int(cfg, "replan_every"), sampler=cfg.get("sampler"),
-                                  num_steps=_optional_int(cfg, "num_steps"), max_steps=_optional_int(cfg, "max_steps"),
-                                  progress=cfg.progress,
-                                  replan_off_plan=cfg.replan_off_plan)
+    evaluation = evaluate_planner(loaded, episodes=cfg.episodes, mode=cfg.mode, seed=cfg.seed,
+                                  replan_every=cfg.replan_every, sampler=cfg.sampler, num_steps=cfg.num_steps,
+                                  max_steps=cfg.max_steps, progress=cfg.progress, replan_off_plan=cfg.replan_off_plan)
     m = evaluation.metrics
     title = (f"{m['env']} {m['mode']}-task, norm={norm['name']}, {m['sampler']} x{m['num_steps']}: "
              f"score {m['score_mean']:.1f} ± {m['score_sem']:.1f}")

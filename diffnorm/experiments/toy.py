@@ -26,24 +26,12 @@ from diffnorm.probing.probes import localize_sites
 from diffnorm.probing.stats import localization_distance, localized_indices
 from diffnorm.toy.localization import (
     LocalizationCNN,
-    check_inputs,
     predict,
     ramp_target,
     sample_inputs,
     train_localization,
 )
 from diffnorm.toy.packnorm import TwoStreamCNN, evaluate_packnorm, train_packnorm
-
-
-def _check_positive(cfg: DictConfig, *keys: str) -> None:
-    for key in keys:
-        value = OmegaConf.select(cfg, key)
-        require(value is not None and value > 0, f"{key}={value} must be positive")
-
-
-def _check_interior(length: int, radius: int) -> None:
-    require(length > 2 * radius,
-            f"length={length} must exceed twice the receptive field (2 x {radius}) so an interior exists")
 
 
 def _norm_label(norm: dict) -> str:
@@ -123,13 +111,9 @@ def _trial_settings(cfg: DictConfig) -> dict[str, Any]:
     return dict(settings, inputs=OmegaConf.to_container(cfg.inputs))
 
 
-def _check_toy(cfg: DictConfig) -> int:
-    _check_positive(cfg, "length", "depth", "hidden", "steps", "batch_size", "n_test", "accumulation")
-    require(cfg.kernel_size >= 1 and cfg.kernel_size % 2 == 1, f"kernel_size={cfg.kernel_size} must be odd and positive")
-    check_inputs(**cfg.inputs)
-    radius = cfg.depth * (cfg.kernel_size - 1) // 2
-    _check_interior(cfg.length, radius)
-    return radius
+def _radius(cfg: DictConfig) -> int:
+    """r(L) of the toy CNN: depth layers of odd kernels (the job's config check guarantees both)."""
+    return cfg.depth * (cfg.kernel_size - 1) // 2
 
 
 def _interior(length: int, radius: int) -> slice:
@@ -139,7 +123,7 @@ def _interior(length: int, radius: int) -> slice:
 
 def localization(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     """Fig. 1: no norm versus ``cfg.norm`` on the noise -> ramp task, over ``cfg.seeds``."""
-    radius = _check_toy(cfg)
+    radius = _radius(cfg)
     norms = [{"name": "none"}] + ([] if cfg.norm.name == "none" else [OmegaConf.to_container(cfg.norm)])
     built = LocalizationCNN(cfg.depth, cfg.kernel_size, cfg.hidden, norm_factory(**norms[-1]))
     measured = receptive_field(built)
@@ -197,11 +181,7 @@ def groupnorm_groups(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     interior indices localized (which can rise while the distance, needing every index up to it, stays
     at the receptive field) and the test MSE; ``n_test_more`` re-tests the same networks with more
     predictions. The trend is Spearman's rank correlation of interior indices with groups over seeds."""
-    radius = _check_toy(cfg)
-    for g in cfg.groups:
-        require(g >= 1 and cfg.hidden % g == 0, f"groups={g} must be a positive divisor of hidden={cfg.hidden}")
-    require(cfg.n_test_more is None or cfg.n_test_more > cfg.n_test,
-            f"n_test_more={cfg.n_test_more} must exceed n_test={cfg.n_test}")
+    radius = _radius(cfg)
     settings = _trial_settings(cfg)
     jobs = [dict(settings, norm={"name": "group", "groups": g}, seed=s, lr=lr, probe=None, n_test_more=cfg.n_test_more)
             for g in cfg.groups for lr in cfg.lrs for s in cfg.seeds]
@@ -240,10 +220,7 @@ def batchnorm_stats(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     against no norm. Every network sees ``effective_batch`` sequences per Adam step; BatchNorm ones get
     them as ``effective_batch / b`` accumulated minibatches of ``b``, so only the normalization batch
     changes, and minibatch statistics at inference are taken over ``b`` sequences as in training."""
-    radius = _check_toy(cfg)
-    for b in cfg.batch_sizes:
-        require(b >= 1 and cfg.effective_batch % b == 0,
-                f"batch_sizes entry {b} must be a positive divisor of effective_batch={cfg.effective_batch}")
+    radius = _radius(cfg)
     settings = _trial_settings(cfg)
     jobs = [dict(settings, norm={"name": "none"}, seed=s, batch_size=cfg.effective_batch, accumulation=1,
                  eval_batch_size=cfg.eval_batch_size, probe=None) for s in cfg.seeds]
@@ -280,9 +257,7 @@ def localization_norms(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     """Every registry norm in ``cfg.norms`` (settings from ``configs/norm/``) on the Fig. 1 task over
     ``cfg.seeds``. BatchNorm normalizes over ``cfg.norm_batch`` sequences with gradient accumulation up to
     ``cfg.batch_size`` and is measured with minibatch and with population statistics."""
-    radius = _check_toy(cfg)
-    require(cfg.norm_batch >= 1 and cfg.batch_size % cfg.norm_batch == 0,
-            f"norm_batch={cfg.norm_batch} must be a positive divisor of batch_size={cfg.batch_size}")
+    radius = _radius(cfg)
     settings = _trial_settings(cfg)
     jobs = []
     for name in cfg.norms:
@@ -322,10 +297,8 @@ def localization_norms(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
 def uninformative_inputs(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     """Sec. 3.2: the Fig. 1 network with ``cfg.norm`` trained and tested on each of ``cfg.input_kinds``
     (``draw_inputs`` settings), over ``cfg.seeds``: fewer unique windows, less to communicate with."""
-    radius = _check_toy(cfg)
+    radius = _radius(cfg)
     kinds = [OmegaConf.to_container(k) for k in cfg.input_kinds]
-    for i, kind in enumerate(kinds):
-        check_inputs(**kind, key=f"input_kinds[{i}]")
     norm = OmegaConf.to_container(cfg.norm)
     jobs = [dict(_trial_settings(cfg), norm=norm, inputs=kind, seed=s, probe=None) for kind in kinds for s in cfg.seeds]
     trials = map_trials(localization_trial, jobs, cfg.workers, desc="inputs x seed")
@@ -368,12 +341,6 @@ def packnorm_trial(overlap: int, seed: int, length: int, depth: int, kernel_size
 
 def packnorm_overlap(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     """Fig. 3: final MSE of the two-stream PackNorm network versus the overlap of its inputs."""
-    _check_positive(cfg, "length", "depth", "hidden", "steps", "batch_size", "n_test")
-    require(cfg.kernel_size >= 1 and cfg.kernel_size % 2 == 1, f"kernel_size={cfg.kernel_size} must be odd and positive")
-    shrink = cfg.depth * (cfg.kernel_size - 1)
-    require(cfg.length > shrink, f"length={cfg.length} must exceed depth*(kernel_size-1)={shrink} (valid convolutions)")
-    for o in cfg.overlaps:
-        require(0 <= o < cfg.length, f"overlap={o} must lie in [0, length={cfg.length})")
     keys = ("length", "depth", "kernel_size", "hidden", "lr", "batch_size", "steps", "n_test")
     jobs = [dict({k: cfg[k] for k in keys}, overlap=o, seed=s) for o in cfg.overlaps for s in cfg.seeds]
     trials = map_trials(packnorm_trial, jobs, cfg.workers, desc="overlaps")
