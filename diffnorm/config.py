@@ -14,11 +14,13 @@ needs no schema entry: its keyword arguments are its keys.
 
 from __future__ import annotations
 
+import importlib
 import inspect
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Optional
+from pathlib import Path
+from typing import Any, NamedTuple, Optional
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
@@ -605,23 +607,37 @@ def _check_controller_baseline(cfg: dict) -> None:
     _positive(cfg, "episodes")
 
 
-SCHEMAS: dict[str, tuple[type, Callable[[dict], None] | None]] = {
-    "train_diffuser": (TrainDiffuserSchema, _check_train_diffuser),
-    "plan_maze": (PlanMazeSchema, _check_plan_maze),
-    "learning_curve": (LearningCurveSchema, _check_learning_curve),
-    "leak_probe": (LeakProbeSchema, _check_leak_probe),
-    "localization": (LocalizationSchema, _check_localization),
-    "groupnorm_groups": (GroupnormGroupsSchema, _check_groupnorm_groups),
-    "batchnorm_stats": (BatchnormStatsSchema, _check_batchnorm_stats),
-    "localization_norms": (LocalizationNormsSchema, _check_localization_norms),
-    "uninformative_inputs": (UninformativeInputsSchema, _check_uninformative_inputs),
-    "toy_summary": (ToySummarySchema, None),
-    "packnorm_overlap": (PacknormOverlapSchema, _check_packnorm_overlap),
-    "controller_baseline": (ControllerBaselineSchema, _check_controller_baseline),
-    "make_maze_dataset": (MakeMazeDatasetSchema, _check_make_maze_dataset),
-    "stitching_study": (StitchingStudySchema, _check_stitching_study),
-    "stitching_answer": (StitchingAnswerSchema, None),
-    "study": (StudySchema, _check_norm_comparison),
+class Job(NamedTuple):
+    """A job: its config schema, the cross-field rules checked after composition, and the module of
+    ``diffnorm.experiments`` holding the function of the same name that runs it (``Job.function``;
+    imported on use, since the job layer imports this module)."""
+
+    schema: type
+    check: Callable[[dict], None] | None
+    module: str
+
+    def function(self, name: str) -> Callable[[DictConfig, Path], Any]:
+        return getattr(importlib.import_module(f"diffnorm.experiments.{self.module}"), name)
+
+
+# Every job, keyed by its name: the name of its script, its YAML config and its function.
+JOBS: dict[str, Job] = {
+    "train_diffuser": Job(TrainDiffuserSchema, _check_train_diffuser, "diffuser"),
+    "plan_maze": Job(PlanMazeSchema, _check_plan_maze, "planning"),
+    "learning_curve": Job(LearningCurveSchema, _check_learning_curve, "learning_curve"),
+    "leak_probe": Job(LeakProbeSchema, _check_leak_probe, "leak_probe"),
+    "localization": Job(LocalizationSchema, _check_localization, "toy"),
+    "groupnorm_groups": Job(GroupnormGroupsSchema, _check_groupnorm_groups, "toy"),
+    "batchnorm_stats": Job(BatchnormStatsSchema, _check_batchnorm_stats, "toy"),
+    "localization_norms": Job(LocalizationNormsSchema, _check_localization_norms, "toy"),
+    "uninformative_inputs": Job(UninformativeInputsSchema, _check_uninformative_inputs, "toy"),
+    "toy_summary": Job(ToySummarySchema, None, "toy_summary"),
+    "packnorm_overlap": Job(PacknormOverlapSchema, _check_packnorm_overlap, "toy"),
+    "controller_baseline": Job(ControllerBaselineSchema, _check_controller_baseline, "maze_data"),
+    "make_maze_dataset": Job(MakeMazeDatasetSchema, _check_make_maze_dataset, "maze_data"),
+    "stitching_study": Job(StitchingStudySchema, _check_stitching_study, "stitching"),
+    "stitching_answer": Job(StitchingAnswerSchema, None, "stitching_answer"),
+    "study": Job(StudySchema, _check_norm_comparison, "study"),
 }
 
 
@@ -640,10 +656,10 @@ def validate_config(config_name: str, cfg: DictConfig) -> None:
     """Raise ConfigError (one line, naming the key) if ``cfg`` does not fit the schema of ``config_name``.
 
     A job without a schema is only logged (tests/test_faults.py fails for a script that has none)."""
-    if config_name not in SCHEMAS:
+    if config_name not in JOBS:
         log.warning("no config schema for job %r in diffnorm/config.py: its config is not validated", config_name)
         return
-    schema, check = SCHEMAS[config_name]
+    schema, check, _ = JOBS[config_name]
     try:
         plain = OmegaConf.to_container(cfg, resolve=True)
     except OmegaConfBaseException as err:
@@ -664,7 +680,7 @@ def register_schemas() -> None:
     first in its defaults list, so Hydra composes the YAML onto the typed schema: an unknown key or a
     value of the wrong type fails at composition, for scripts, sub-jobs and tests alike."""
     store = ConfigStore.instance()
-    for job, (schema, _) in SCHEMAS.items():
+    for job, (schema, _, _) in JOBS.items():
         store.store(name=f"{job}_schema", node=schema)
 
 

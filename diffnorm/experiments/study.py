@@ -14,23 +14,19 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from diffnorm.config import JOBS
 from diffnorm.experiments.common import compose_job, write_results
 from diffnorm.experiments.parallel import map_trials
 from diffnorm.probing.stats import welch_difference
 
 
-def run_composed(job: str, config_name: str, overrides: list[str], out: str) -> dict[str, Any]:
-    """Compose ``config_name`` with ``overrides`` and run the package function ``job`` into ``out``.
+def run_composed(job: str, overrides: list[str], out: str) -> dict[str, Any]:
+    """Compose ``job``'s config with ``overrides`` and run the job (``config.JOBS``) into ``out``.
 
     Top-level so worker processes can run it: they compose their own config.
     """
-    from diffnorm.experiments import diffuser, leak_probe, maze_data, planning, toy
-
-    jobs = {"make_maze_dataset": maze_data.make_maze_dataset, "localization": toy.localization,
-            "train_diffuser": diffuser.train_diffuser, "leak_probe": leak_probe.leak_probe,
-            "plan_maze": planning.plan_maze}
     Path(out).mkdir(parents=True, exist_ok=True)  # as Hydra would have made it
-    return jobs[job](compose_job(config_name, overrides), Path(out))
+    return JOBS[job].function(job)(compose_job(job, overrides), Path(out))
 
 
 def study(cfg: DictConfig, out: Path) -> dict[str, Any]:
@@ -52,19 +48,19 @@ def study(cfg: DictConfig, out: Path) -> dict[str, Any]:
     train_cfg = compose_job("train_diffuser", env + list(cfg.train_overrides))
     data_overrides = env + [f"steps={train_cfg.env.dataset_steps}", f"seed={train_cfg.data_seed}",
                             f"data_dir={train_cfg.data_dir}", "progress=false"]
-    data = stage("data", run_composed, "make_maze_dataset", "make_maze_dataset", data_overrides, str(out / "data"))
-    toy = stage("toy", run_composed, "localization", "localization", list(cfg.toy_overrides), str(out / "toy"))
+    data = stage("data", run_composed, "make_maze_dataset", data_overrides, str(out / "data"))
+    toy = stage("toy", run_composed, "localization", list(cfg.toy_overrides), str(out / "toy"))
 
     runs = {str(n): out / "train" / str(n) for n in cfg.norms}
-    train_jobs = [dict(job="train_diffuser", config_name="train_diffuser", out=str(run),
+    train_jobs = [dict(job="train_diffuser", out=str(run),
                        overrides=env + list(cfg.train_overrides) + [f"norm={n}", f"seed={cfg.seed}"])
                   for n, run in runs.items()]
     trained = stage("train", map_trials, run_composed, train_jobs, cfg.workers, "train planners")
 
     checkpoints = "[" + ",".join(str(r) for r in runs.values()) + "]"
-    leak = stage("leak_probe", run_composed, "leak_probe", "leak_probe",
+    leak = stage("leak_probe", run_composed, "leak_probe",
                  [f"checkpoints={checkpoints}"] + list(cfg.leak_overrides), str(out / "leak"))
-    plan_jobs = [dict(job="plan_maze", config_name="plan_maze", out=str(out / "plan" / n),
+    plan_jobs = [dict(job="plan_maze", out=str(out / "plan" / n),
                       overrides=[f"checkpoint={run}", f"seed={cfg.seed}", "progress=false"] + list(cfg.plan_overrides))
                  for n, run in runs.items()]
     planned = dict(zip(runs, stage("plan", map_trials, run_composed, plan_jobs, cfg.workers, "plan rollouts")))
