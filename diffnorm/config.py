@@ -26,7 +26,10 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from diffnorm.envs.maze2d import maze_names
 from diffnorm.errors import ConfigError
+from diffnorm.models.norms import NORM_LAYERS
+from diffnorm.toy.localization import check_inputs
 
 log = logging.getLogger(__name__)
 
@@ -403,8 +406,6 @@ def _one_of(cfg: dict, key: str, choices: tuple[Any, ...]) -> None:
 def _check_norm(norm: Any, channels: list[int]) -> None:
     """``norm`` must name a registered layer, with only its constructor's keyword arguments, and build
     for every width in ``channels`` (GroupNorm: groups divide each width)."""
-    from diffnorm.models.norms import NORM_LAYERS
-
     if not isinstance(norm, dict) or "name" not in norm:
         raise ConfigError(f"norm={norm!r} must be a mapping with a 'name' (e.g. norm=group)")
     name = norm["name"]
@@ -435,8 +436,6 @@ def _check_norm(norm: Any, channels: list[int]) -> None:
 
 
 def _check_train_diffuser(cfg: dict) -> None:
-    from diffnorm.envs.maze2d import maze_names
-
     env, model, train, diffusion = cfg["env"], cfg["model"], cfg["train"], cfg["diffusion"]
     if env["name"] not in maze_names():
         raise ConfigError(f"env.name={env['name']!r} is not a known maze; choose one of {maze_names()}")
@@ -505,8 +504,6 @@ def _check_toy_network(cfg: dict) -> None:
 
 
 def _check_localization(cfg: dict) -> None:
-    from diffnorm.toy.localization import check_inputs
-
     _check_toy_network(cfg)
     _positive(cfg, "accumulation")
     check_inputs(**cfg["inputs"])
@@ -543,8 +540,6 @@ def _check_localization_norms(cfg: dict) -> None:
 
 
 def _check_uninformative_inputs(cfg: dict) -> None:
-    from diffnorm.toy.localization import check_inputs
-
     _check_localization(cfg)
     for i, kind in enumerate(cfg["input_kinds"]):
         check_inputs(**kind, key=f"input_kinds[{i}]")
@@ -582,8 +577,6 @@ def _check_norm_comparison(cfg: dict) -> None:
 
 
 def _check_stitching_study(cfg: dict) -> None:
-    from diffnorm.models.norms import NORM_LAYERS
-
     unknown = [n for n in cfg["norms"] if n not in NORM_LAYERS]
     if unknown:
         raise ConfigError(f"unknown norm(s) {unknown} in norms={cfg['norms']}; choose from {sorted(NORM_LAYERS)}")

@@ -27,7 +27,7 @@ import torch
 from torch import nn
 from torch.func import jacrev
 
-from diffnorm.analysis.receptive_field import positive_copy
+from diffnorm.analysis.receptive_field import positive_copy, receptive_field
 from diffnorm.diffusion.gaussian import GaussianDiffusion
 from diffnorm.errors import require
 from diffnorm.probing.hooks import record_activations
@@ -84,8 +84,6 @@ def site_receptive_fields(model: nn.Module, sites: Sequence[str], length: int | 
     ``length`` defaults to four times the network's receptive field (``left + right``, measured if not
     given), so no central column's reach touches the ends.
     """
-    from diffnorm.analysis.receptive_field import receptive_field
-
     multiple = getattr(model, "length_multiple", 1)
     if length is None:
         if left is None or right is None:

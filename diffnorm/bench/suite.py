@@ -28,11 +28,14 @@ import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from diffnorm.analysis.influence import influence_map
 from diffnorm.bench.plain import PlainTemporalUnet, PlainTrainer
 from diffnorm.devices import bf16_supported, resolve_device
 from diffnorm.diffusion.gaussian import GaussianDiffusion
 from diffnorm.models.norms import norm_factory
 from diffnorm.models.temporal_unet import TemporalUnet
+from diffnorm.probing.hooks import record_activations
+from diffnorm.probing.probes import SiteProbes
 from diffnorm.training.ema import EMA
 from diffnorm.training.loop import step_generator
 from diffnorm.training.step import GradientStep, make_optimizer
@@ -319,10 +322,6 @@ def probe_rows(s: BenchSettings, device: torch.device) -> list[Row]:
     on one thread as the job runs them: probes for every site trained together (batch 1024 columns; the
     job runs 1000 steps, this row 50) and one influence map (jacrev over output rows 0, 5, 10, ... of one
     H=128 sample)."""
-    from diffnorm.analysis.influence import influence_map
-    from diffnorm.probing.hooks import record_activations
-    from diffnorm.probing.probes import SiteProbes
-
     horizon = 16 if s.tiny else 128
     steps, n_inputs = (20, 4) if s.tiny else (50, 32)  # the job runs 1000 steps: ~20x this row
     torch.manual_seed(0)
@@ -356,7 +355,7 @@ def probe_rows(s: BenchSettings, device: torch.device) -> list[Row]:
 
 def data_rows(s: BenchSettings) -> list[Row]:
     """D4RL-recipe generation speed (waypoint controller + point-mass simulator), steps per second."""
-    from diffnorm.data.generate import generate_maze2d
+    from diffnorm.data.generate import generate_maze2d  # MuJoCo loads only for the data bench
 
     steps = 2000 if s.tiny else 20000
     start = time.perf_counter()
@@ -455,7 +454,7 @@ def write_outputs(record: dict[str, Any], out_dir: Path) -> dict[str, Path]:
     paths["table"].write_text(format_table(record) + "\n")
     train = [r for r in record["rows"] if r["section"] == "train"]
     if train:
-        from diffnorm.plotting.bench import throughput_bars
+        from diffnorm.plotting.bench import throughput_bars  # matplotlib loads only when a figure is drawn
 
         paths["png"] = throughput_bars(out_dir / f"bench-{kind}.png", train,
                                        title=f"training throughput, {record['device_name']}, {record['threads']} threads "

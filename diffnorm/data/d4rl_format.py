@@ -33,6 +33,8 @@ from typing import Any
 import h5py
 import numpy as np
 
+from diffnorm.envs.frames import DATA_FRAMES, OGBenchFrame
+from diffnorm.envs.maze2d import data_frame
 from diffnorm.errors import ConfigError
 from diffnorm.io import fsync_dir
 
@@ -160,8 +162,6 @@ def resolve_frame(attrs: dict[str, Any], declared: str = "auto") -> tuple[str, s
     """(frame, why) of a file with root attributes ``attrs``: ``declared`` unless "auto"; else the file's
     ``frame`` attribute; else "diffnorm" for files this package generated (before it wrote the attribute);
     else "d4rl", a raw D4RL file (which carries no frame attribute). Raises ConfigError for an unknown name."""
-    from diffnorm.envs.frames import DATA_FRAMES
-
     if declared != "auto":
         frame, why = declared, "declared (dataset_frame)"
     elif FRAME_ATTR in attrs:
@@ -180,9 +180,6 @@ def to_package_frame(data: dict[str, np.ndarray], frame: str, maze: str | None =
     (velocities observations[:, 2:4], infos/qvel, and actions) mapped from ``frame`` into the package's
     frame (``diffnorm.envs.maze2d.data_frame``). OGBench actions only swap their axes (their scale is the
     env's action box, not its units). The input is not modified."""
-    from diffnorm.envs.frames import OGBenchFrame
-    from diffnorm.envs.maze2d import data_frame
-
     if frame == "diffnorm":
         return data
     f = data_frame(frame, maze)
@@ -271,7 +268,7 @@ def load_minari(dataset_id: str, maze: str | None = None, frame: str = "auto") -
     size sets the shift); without it a ConfigError says so.
     """
     try:
-        import minari
+        import minari  # an optional extra
     except ImportError:
         raise ConfigError("load_minari needs the optional 'minari' package: pip install 'diffnorm[minari]'") from None
     try:

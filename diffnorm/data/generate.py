@@ -34,6 +34,7 @@ from typing import Any
 
 import mujoco
 import numpy as np
+from tqdm import tqdm
 
 from diffnorm.data.d4rl_format import load_d4rl_hdf5, read_attrs, write_d4rl_hdf5
 from diffnorm.envs.maze2d import (
@@ -45,7 +46,9 @@ from diffnorm.envs.maze2d import (
     build_point_maze,
     centred_frame,
     in_wall,
+    make_env,
     maze_spec,
+    normalized_score,
     xy_to_cell,
 )
 from diffnorm.errors import ConfigError, require
@@ -219,8 +222,6 @@ def generate_maze2d(name: str, steps: int | None = None, seed: int = 0, progress
 def generation_bar(total: int, name: str, enabled: bool):
     if not enabled:
         return None
-    from tqdm import tqdm
-
     return tqdm(total=total, desc=f"generating {name}", unit="step", unit_scale=True, mininterval=1.0)
 
 
@@ -311,8 +312,6 @@ def controller_returns(name: str, episodes: int = 100, seed: int = 0, replan_eac
     in the first episode and afterwards steers straight at the goal from wherever the next episode
     starts. ``replan_each_episode=False`` reproduces that; the default plans every episode.
     """
-    from diffnorm.envs.maze2d import make_env, normalized_score
-
     require(episodes > 0, f"episodes={episodes} must be positive")
     env = make_env(name)
     controller = WaypointController(name, np.random.default_rng(seed))

@@ -44,7 +44,7 @@ def import_ogbench():
     except ImportError as err:
         raise ConfigError("OGBench support needs the optional 'ogbench' package: pip install 'diffnorm[ogbench]' "
                           f"({err})") from None
-    import ogbench
+    import ogbench  # an optional extra
 
     return ogbench
 
@@ -54,7 +54,7 @@ def make_ogbench_env(maze: str, **kwargs):
     (``terminate_at_goal``, ``max_episode_steps``, ...). Raises if its layout differs from maze2d's."""
     require(maze in OGBENCH_ENVS, f"no OGBench pointmaze for {maze!r}; choose one of {list(OGBENCH_ENVS)}")
     import_ogbench()
-    import gymnasium
+    import gymnasium  # with OGBench, which registers its envs on import
 
     env = gymnasium.make(OGBENCH_ENVS[maze], **kwargs)
     layout = np.asarray(env.unwrapped.maze_map)

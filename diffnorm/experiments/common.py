@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import difflib
 import functools
 import json
 import os
 import platform
 import random
+import shutil
 import signal
 import sys
 import threading
@@ -40,6 +42,7 @@ from hydra.errors import (
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
+from tqdm import tqdm
 
 # Re-exported: job modules and tests import the package's errors and writers from here too.
 from diffnorm.config import (  # importing it registers the job schemas with Hydra
@@ -192,8 +195,6 @@ def _record_failure(out: Path, err: BaseException, user_error: bool, cfg: DictCo
 def _close_progress_bars() -> None:
     """Close the bars an interrupted job left open, so the interruption's message is the last line
     (an open tqdm bar redraws itself when it is collected at exit)."""
-    from tqdm import tqdm
-
     for bar in list(getattr(tqdm, "_instances", ())):
         bar.close()
 
@@ -201,8 +202,6 @@ def _close_progress_bars() -> None:
 def _remove_if_untouched(out: Path) -> None:
     """Delete a run directory that holds nothing but Hydra's own files (``.hydra/``, ``<job>.log``): a
     refused config leaves no empty run behind. A directory with anything else in it is kept."""
-    import shutil
-
     if not out.is_dir() or out.resolve() == Path.cwd().resolve():
         return
     entries = list(out.iterdir())
@@ -259,8 +258,6 @@ def run_job(job: Callable[[DictConfig, Path], Any], cfg: DictConfig) -> None:
 
 def _closest(key: str, config: DictConfig) -> str:
     """ ", did you mean <key>?" for the setting of ``config`` spelled most like ``key`` (or "")."""
-    import difflib
-
     keys: list[str] = []
 
     def walk(node: Any, prefix: str) -> None:

@@ -47,7 +47,7 @@ from diffnorm.experiments.common import (
     seed_everything,
     write_results,
 )
-from diffnorm.experiments.diffuser import train_or_reuse
+from diffnorm.experiments.diffuser import load_training_data, train_or_reuse
 from diffnorm.plotting import leak as plots
 from diffnorm.probing.hooks import record_activations
 from diffnorm.progress import bar as progress_bar
@@ -122,8 +122,6 @@ def _evaluate_at(loaded: LoadedDiffuser, horizon: int) -> None:
 
 def _dataset(loaded: LoadedDiffuser) -> Any:
     """The dataset the checkpoint was trained on, cut into its horizon and scaled with its scaler."""
-    from diffnorm.experiments.diffuser import load_training_data
-
     cfg = loaded.cfg.copy()
     OmegaConf.update(cfg, "train.progress", False, force_add=True)
     return load_training_data(cfg, loaded.scaler)[0]

@@ -17,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from diffnorm.config import JOBS
 from diffnorm.experiments.common import compose_job, write_results
 from diffnorm.experiments.parallel import map_trials
+from diffnorm.plotting.grid import image_grid
 from diffnorm.probing.stats import welch_difference
 
 
@@ -149,8 +150,6 @@ def caption(rel: str) -> str:
 
 def sample_grid(out: Path, norms: list[str]) -> Path | None:
     """One figure of every planner's training sample plots (rows: norms, columns: steps)."""
-    from diffnorm.plotting.grid import image_grid
-
     rows = {n: sorted((out / "train" / n / "samples").glob("step_*.png")) for n in norms}
     if not any(rows.values()):
         return None

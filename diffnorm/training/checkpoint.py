@@ -25,6 +25,7 @@ from safetensors import safe_open
 from safetensors.torch import save as safetensors_bytes
 from torch import nn
 
+from diffnorm.data.scaling import TrajectoryScaler
 from diffnorm.diffusion.gaussian import GaussianDiffusion
 from diffnorm.errors import ConfigError, require
 from diffnorm.io import atomic_write_bytes
@@ -184,8 +185,6 @@ class LoadedDiffuser:
 
 def load_scaler(state: dict) -> Any:
     """The data scaler from its ``state_dict()``."""
-    from diffnorm.data.scaling import TrajectoryScaler
-
     return TrajectoryScaler.from_state_dict(state)
 
 

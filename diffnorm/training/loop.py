@@ -125,7 +125,7 @@ def _agree(unchecked: list[torch.Tensor], stop: bool, world_size: int) -> tuple[
     losses = torch.stack(unchecked) if unchecked else torch.zeros(0)
     if world_size == 1:
         return losses, stop
-    import torch.distributed as dist
+    import torch.distributed as dist  # only under DDP
 
     both = torch.cat([losses.float(), torch.tensor([float(stop)], device=losses.device)])
     dist.all_reduce(both, op=dist.ReduceOp.SUM)

@@ -22,6 +22,7 @@ from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -38,8 +39,6 @@ def collate(items: Sequence[dict[str, Any]], device: torch.device
 
     One ``np.stack`` per field and one host-to-device copy each (not one tensor per item).
     """
-    import numpy as np
-
     x0 = torch.from_numpy(np.stack([np.asarray(it["trajectory"], dtype=np.float32) for it in items]))
     conditions = {int(t): torch.from_numpy(np.stack([np.asarray(it["conditions"][t], dtype=np.float32)
                                                      for it in items])).to(device)
