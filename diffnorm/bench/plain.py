@@ -16,8 +16,12 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-from einops import rearrange
 from torch import nn
+
+try:
+    from einops import rearrange
+except ImportError as err:  # an optional extra: only the benchmark needs it
+    raise ImportError("the benchmark's plain reference needs einops: pip install 'diffnorm[bench]'") from err
 
 
 class PlainConv1dBlock(nn.Module):
