@@ -16,13 +16,16 @@ start. Here a segment ends with its cut step, the trailing segment is kept, and 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from diffnorm.data.d4rl_format import require_finite
+from diffnorm.data.d4rl_format import load_dataset, read_attrs, require_finite
 from diffnorm.data.scaling import TrajectoryScaler
+from diffnorm.envs.maze2d import maze_spec
 from diffnorm.errors import ConfigError, require
 
 GOAL_RADIUS = 0.5  # D4RL's sparse-reward radius; also the Diffuser's segmentation threshold
@@ -120,3 +123,22 @@ class SequenceDataset(Dataset):
         observations = trajectory[:, self.action_dim:]
         return {"trajectory": trajectory.clone(),
                 "conditions": {0: observations[0].clone(), self.horizon - 1: observations[-1].clone()}}
+
+
+def training_windows(path: str | Path, maze: str, horizon: int, frame: str = "auto",
+                     scaler: TrajectoryScaler | None = None) -> tuple[SequenceDataset, dict[str, Any]]:
+    """A D4RL-format file as the Diffuser's training set: read into the package's coordinate frame
+    (``frame`` as ``load_dataset`` takes it), cut into ``horizon``-step windows [H, A + O] and scaled
+    with ``scaler`` (fitted on the data when None); and where it came from (path, frame and why).
+
+    A file of separate episodes (stitch and OGBench recipes: ``segments = "timeouts"`` in its metadata)
+    is cut at its timeouts only and keeps the observation width it has (OGBench's point: positions
+    only); a D4RL stream is cut at timeouts and at arrivals at ``maze``'s evaluation goal, as D4RL's
+    maze2d loader does, with 4-dim observations."""
+    separate = read_attrs(path).get("segments") == "timeouts"
+    data, source = load_dataset(path, maze=maze, frame=frame, observation_dim=None if separate else 4)
+    source.pop("attrs")
+    dataset = SequenceDataset(data, horizon, None if separate else maze_spec(maze).eval_goal_xy, scaler=scaler,
+                              cut_at_timeouts=separate)
+    return dataset, source
+

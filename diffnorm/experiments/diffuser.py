@@ -18,13 +18,12 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from diffnorm.config import validate_config
-from diffnorm.data.d4rl_format import load_dataset, read_attrs
 from diffnorm.data.generate import ensure_dataset
 from diffnorm.data.ogbench_stitch import ensure_ogbench_stitch_dataset
 from diffnorm.data.scaling import TrajectoryScaler
-from diffnorm.data.sequence import SequenceDataset
+from diffnorm.data.sequence import SequenceDataset, training_windows
 from diffnorm.diffusion.gaussian import GaussianDiffusion
-from diffnorm.envs.maze2d import in_wall, maze_spec
+from diffnorm.envs.maze2d import in_wall
 from diffnorm.envs.ogbench_maze import ogbench_maze_of
 from diffnorm.experiments.common import (
     compose_job,
@@ -171,8 +170,8 @@ def _check_resume_matches(out: Path, cfg: DictConfig) -> TrajectoryScaler:
 
 def load_training_data(cfg: DictConfig, scaler: TrajectoryScaler | None = None
                        ) -> tuple[SequenceDataset, dict[str, Any]]:
-    """The configured dataset (given file, or generated and cached) in the package's coordinate frame,
-    cut into horizon windows; and where it came from (path, frame and why that frame)."""
+    """The configured dataset file (given, or generated and cached by the env's recipe) as training
+    windows (``data.sequence.training_windows``); and where it came from (path, frame and why)."""
     data_dir = resolve_path(cfg.data_dir)
     if cfg.dataset is not None:
         path = resolve_path(cfg.dataset)
@@ -185,14 +184,8 @@ def load_training_data(cfg: DictConfig, scaler: TrajectoryScaler | None = None
     else:
         path = ensure_dataset(cfg.env.name, cfg.env.dataset_steps, cfg.data_seed,
                               data_dir=data_dir, progress=cfg.train.progress)
-    # Files of separate episodes (stitch, OGBench) say so in their metadata: cut at their timeouts only, and
-    # take the observation width from the file (OGBench's point has positions only).
-    separate = read_attrs(path).get("segments") == "timeouts"
-    data, source = load_dataset(path, maze=cfg.env.name, frame=str(cfg.get("dataset_frame", "auto")),
-                                observation_dim=None if separate else 4)
-    source.pop("attrs")
-    dataset = SequenceDataset(data, cfg.env.horizon, None if separate else maze_spec(cfg.env.name).eval_goal_xy,
-                              scaler=scaler, cut_at_timeouts=separate)
+    frame = cfg.get("dataset_frame", "auto")  # .get: the leak probe reads configs saved before the key existed
+    dataset, source = training_windows(path, cfg.env.name, cfg.env.horizon, frame, scaler)
     require(dataset.transition_dim == cfg.diffusion.observation_dim + cfg.diffusion.action_dim,
             f"dataset transitions have {dataset.transition_dim} dims, the model expects "
             f"{cfg.diffusion.observation_dim + cfg.diffusion.action_dim}")
