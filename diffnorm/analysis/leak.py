@@ -25,17 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from diffnorm.analysis.influence import (
-    Reach,
-    beyond_band,
-    beyond_fraction,
-    blind_to,
-    chain_leakage,
-    condition_leakage,
-    influence_map,
-    interior_mask,
-    offset_profile,
-)
+from diffnorm.analysis import influence
 from diffnorm.diffusion.gaussian import GaussianDiffusion
 from diffnorm.errors import require
 from diffnorm.probing.hooks import record_activations
@@ -98,22 +88,22 @@ def measure_influence(diffusion: GaussianDiffusion, x0: torch.Tensor, conditions
     length = x0.shape[1]
     require(cfg.row_stride >= 1, f"influence.row_stride={cfg.row_stride} must be positive")
     rows = np.arange(0, length, cfg.row_stride)
-    outside = beyond_band(rows, length, left, right)
+    outside = influence.beyond_band(rows, length, left, right)
     maps, per_step = [], []
     for step in diffusion_steps(diffusion, list(cfg.t_fractions)):
         x_t = _noisy(diffusion, x0, conditions, step, seed + step)
         t = torch.full((len(x0),), step, dtype=torch.long)
         chunk = cfg.chunk_size
-        imap = influence_map(diffusion.model, x_t, t, rows, chunk_size=chunk).double().numpy()
+        imap = influence.influence_map(diffusion.model, x_t, t, rows, chunk_size=chunk).double().numpy()
         maps.append(imap)
-        _, profile = offset_profile(imap, rows)
-        per_step.append({"t": step, "beyond_rf_fraction": beyond_fraction(imap, outside),
+        _, profile = influence.offset_profile(imap, rows)
+        per_step.append({"t": step, "beyond_rf_fraction": influence.beyond_fraction(imap, outside),
                          "max_beyond_rf": float(imap[outside].max()) if outside.any() else 0.0,
                          "max_within_rf": float(imap[~outside].max()), "profile": profile})
     mean_map = np.mean(maps, axis=0)
-    offsets, profile = offset_profile(mean_map, rows)
+    offsets, profile = influence.offset_profile(mean_map, rows)
     return {"rows": rows, "map": mean_map, "offsets": offsets, "profile": profile, "per_step": per_step,
-            "beyond_rf_fraction": beyond_fraction(mean_map, outside),
+            "beyond_rf_fraction": influence.beyond_fraction(mean_map, outside),
             "max_beyond_rf": float(mean_map[outside].max()) if outside.any() else 0.0}
 
 
@@ -143,7 +133,7 @@ def _probe_inputs(diffusion: GaussianDiffusion, dataset: Any, n: int, cfg: Any, 
     return x, torch.full((n,), step, dtype=torch.long)
 
 
-def measure_probes(diffusion: GaussianDiffusion, dataset: Any, sites: list[str], reaches: dict[str, Reach],
+def measure_probes(diffusion: GaussianDiffusion, dataset: Any, sites: list[str], reaches: dict[str, influence.Reach],
                    left: int, right: int, cfg: Any, seed: int, dtype: torch.dtype) -> dict[str, Any]:
     """Definition 2.3 on probes at every site (ramp target over the site's length), and how many
     localized indices lie beyond the network's (and the site's own) receptive field from both ends."""
@@ -162,8 +152,8 @@ def measure_probes(diffusion: GaussianDiffusion, dataset: Any, sites: list[str],
     per_site = {}
     for site, mask, period in zip(sites, masks, periods):
         reach = reaches[site]
-        beyond_net = interior_mask(length, Reach(left, right, reach.stride))
-        beyond_own = interior_mask(length, reach)
+        beyond_net = influence.interior_mask(length, influence.Reach(left, right, reach.stride))
+        beyond_own = influence.interior_mask(length, reach)
         per_site[site] = {"stride": reach.stride, "reach": [reach.left, reach.right], "period": period,
                           "localized": np.flatnonzero(mask), "n_localized": int(mask.sum()),
                           "beyond_rf": int(beyond_net.sum()), "localized_beyond_rf": int((mask & beyond_net).sum()),
@@ -185,17 +175,17 @@ def measure_leakage(diffusion: GaussianDiffusion, x0: torch.Tensor, conditions: 
         position = CONDITION_STEP[name] % length
         require(position in conditions, f"the model is not conditioned at timestep {position} ({name})")
         changed = _changed(conditions, position)
-        blind = blind_to(length, position, left, right)
+        blind = influence.blind_to(length, position, left, right)
         one_pass = []
         for step in diffusion_steps(diffusion, list(cfg.t_fractions)):
             x_t = _noisy(diffusion, x0, conditions, step, seed + step)
             t = torch.full((len(x0),), step, dtype=torch.long)
-            delta = condition_leakage(diffusion, x_t, t, conditions, changed).double().numpy()
+            delta = influence.condition_leakage(diffusion, x_t, t, conditions, changed).double().numpy()
             one_pass.append({"t": step, "delta": delta, **_blind_stats(delta, blind)})
         n_chain = cfg.chain_samples
         chain_conditions = {k: v[:n_chain] for k, v in conditions.items()}
         with default_dtype(dtype):
-            chain = chain_leakage(diffusion, chain_conditions, _changed(chain_conditions, position), seed,
+            chain = influence.chain_leakage(diffusion, chain_conditions, _changed(chain_conditions, position), seed,
                                   sampler=cfg.sampler, num_steps=cfg.num_steps)
         plan = chain["plan"].double().numpy()
         per_step = chain["per_step"].double().numpy()
