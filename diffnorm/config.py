@@ -100,6 +100,7 @@ class TrainSchema:
     snapshot_every: int = 0  # EMA snapshots for learning curves; 0 = none
     lr_schedule: str = "constant"
     warmup_steps: int = 0
+    tensorboard: bool = False  # metrics.csv's scalars also as TensorBoard events in tensorboard/
 
 
 @dataclass

@@ -267,6 +267,23 @@ def test_metrics_csv_has_one_row_per_log_interval(tmp_path):
     assert json.loads((tmp_path / SCALER).read_text()).keys() == {"actions", "observations"}
 
 
+def test_tensorboard_events_follow_metrics_csv_across_a_resume(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from torch.utils.tensorboard import SummaryWriter
+
+    run(tiny_cfg(steps=4, log_every=2, checkpoint_every=2, tensorboard=True), tmp_path)
+    with SummaryWriter(str(tmp_path / "tensorboard")) as stale:  # logged after the checkpoint, then killed
+        stale.add_scalar("train/loss", 99.0, 5)
+    run(tiny_cfg(steps=6, log_every=2, checkpoint_every=2, tensorboard=True, resume=True), tmp_path)
+    events = EventAccumulator(str(tmp_path / "tensorboard"))
+    events.Reload()
+    rows = [r.split(",") for r in (tmp_path / METRICS).read_text().strip().splitlines()[1:]]
+    loss = [(e.step, e.value) for e in events.Scalars("train/loss")]
+    assert [s for s, _ in loss] == [2, 4, 6], "the stale step-5 point is purged on resume"
+    assert [v for _, v in loss] == pytest.approx([float(r[1]) for r in rows], rel=1e-6)
+    assert [e.value for e in events.Scalars("train/lr")] == pytest.approx([1e-3] * 3)
+
+
 # ---- the job in-process on composed configs, and the script end to end in subprocesses ----
 
 TINY = ["experiment=tiny"]

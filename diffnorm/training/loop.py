@@ -30,7 +30,7 @@ from torch import nn
 
 from diffnorm.devices import bf16_supported
 from diffnorm.diffusion.gaussian import GaussianDiffusion
-from diffnorm.errors import TrainingDiverged, TrainingInterrupted, require
+from diffnorm.errors import ConfigError, TrainingDiverged, TrainingInterrupted, require
 from diffnorm.io import atomic_write_bytes
 from diffnorm.progress import bar as progress_bar
 from diffnorm.training.checkpoint import (
@@ -95,6 +95,17 @@ def _write_metrics(path: Path, rows: list[dict[str, Any]]) -> None:
     writer.writeheader()
     writer.writerows(rows)
     atomic_write_bytes(path, buffer.getvalue().encode())
+
+
+def _tensorboard(out: Path, resumed_at: int | None) -> Any:
+    """A TensorBoard writer into ``out/tensorboard``. A run resumed from step k purges the events logged
+    after step k (TensorBoard drops steps >= ``purge_step``), as ``metrics.csv`` drops those rows."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter  # an optional extra
+    except ImportError:
+        raise ConfigError("train.tensorboard=true needs the optional 'tensorboard' package: "
+                          "pip install 'diffnorm[tensorboard]'") from None
+    return SummaryWriter(str(out / "tensorboard"), purge_step=None if resumed_at is None else resumed_at + 1)
 
 
 @contextlib.contextmanager
@@ -209,6 +220,7 @@ def train_diffusion(diffusion: GaussianDiffusion, dataset: Sequence[dict[str, An
     rows: list[dict[str, Any]] = _read_metrics(metrics_path, start) if cfg.resume else []
     if info.is_main:
         _write_metrics(metrics_path, rows)  # drops rows logged after the checkpoint a resumed run restarts from
+    events = _tensorboard(out, start if cfg.resume else None) if info.is_main and cfg.get("tensorboard") else None
     autocast, denoiser = _precision_and_compile(cfg, device, wrap_ddp(diffusion.model, device))
     grads = GradientStep(diffusion, accum, device, denoiser, autocast, shards=int(cfg.get("shards", 1)), dist=info)
     order = EpochOrder(len(dataset), seed)
@@ -222,7 +234,7 @@ def train_diffusion(diffusion: GaussianDiffusion, dataset: Sequence[dict[str, An
         return before + time.perf_counter() - t0
     label = f"train {OmegaConf.select(run_cfg, 'norm.name', default='')} seed {seed}".replace("  ", " ")
     bar = progress_bar(total=total, initial=start, desc=label, disable=not cfg.progress)
-    with _sigint_flag() as sigint, contextlib.closing(grads):
+    with _sigint_flag() as sigint, contextlib.closing(grads), events or contextlib.nullcontext():
         schedule, warmup = str(cfg.get("lr_schedule", "constant")), int(cfg.get("warmup_steps", 0))
         for step in range(start, total):
             for group in optimizer.param_groups:
@@ -258,6 +270,10 @@ def train_diffusion(diffusion: GaussianDiffusion, dataset: Sequence[dict[str, An
                 window, last_log = [], (done, elapsed)
                 if info.is_main:
                     _write_metrics(metrics_path, rows)
+                if events is not None:
+                    for key in ("loss", "lr", "steps_per_s"):
+                        events.add_scalar(f"train/{key}", rows[-1][key], done)
+                    events.flush()
                 bar.set_postfix(loss=f"{rows[-1]['loss']:.4f}")
             if save_now:
                 path = (save_training_state(out, run_cfg, diffusion.model, ema.average.model, optimizer, done,
