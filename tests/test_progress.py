@@ -65,12 +65,37 @@ def test_sigterm_to_the_main_process_ends_its_workers(tmp_path):
     pids = [int(p.read_text()) for p in tmp_path.glob("worker*.pid")]
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=60)
-    assert proc.returncode != 0 and "KeyboardInterrupt" in err
+    assert proc.returncode != 0 and "KeyboardInterrupt: SIGTERM" in err
     time.sleep(1)  # terminate() is asynchronous
+    alive = []
     for pid in pids:
         try:
-            os.kill(pid, 0)
+            os.kill(pid, signal.SIGKILL)  # a survivor is ended here, so a failing run leaves none behind
+            alive.append(pid)
         except ProcessLookupError:
-            continue
-        os.kill(pid, signal.SIGKILL)
-        raise AssertionError(f"worker {pid} still ran after the main process was terminated")
+            pass
+    assert not alive, f"workers {alive} still ran after the main process was terminated"
+
+
+def _log_from_a_worker() -> int:
+    import logging
+
+    logging.getLogger("diffnorm.experiments.diffuser").info("continuing the training")
+    return logging.getLogger("diffnorm.experiments.diffuser").getEffectiveLevel()
+
+
+def test_workers_log_at_the_main_process_level_into_its_log_file(tmp_path):
+    import logging
+
+    root, handler = logging.getLogger(), logging.FileHandler(tmp_path / "job.log")
+    level = root.level
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    try:
+        levels = map_trials(_log_from_a_worker, [{}, {}], workers=2, desc="trials")
+    finally:
+        root.removeHandler(handler)
+        handler.close()
+        root.setLevel(level)
+    assert levels == [logging.INFO, logging.INFO]
+    assert (tmp_path / "job.log").read_text().count("continuing the training") == 2

@@ -233,9 +233,9 @@ def run_job(job: Callable[[DictConfig, Path], Any], cfg: DictConfig) -> None:
         _close_progress_bars()
         print(f"interrupted: {err}", file=sys.stderr)
         sys.exit(err.exit_code)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as err:
         _close_progress_bars()
-        print(f"interrupted: Ctrl-C; the job stopped (run directory {out})", file=sys.stderr)
+        print(f"interrupted: {err or 'Ctrl-C'}; the job stopped (run directory {out})", file=sys.stderr)
         sys.exit(TrainingInterrupted.exit_code)
     except (ConfigError, FileNotFoundError, TrainingStopped) as err:
         code = err.exit_code if isinstance(err, TrainingStopped) else 2

@@ -6,8 +6,10 @@ The toy networks are too small for intra-op threading to pay off, so processes s
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import signal
+import sys
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -20,11 +22,22 @@ from tqdm.auto import tqdm
 from diffnorm.progress import POSITION_ENV
 
 
-def _worker_init(counter: Any, lock: Any) -> None:
+# Hydra's default job-logging format, so worker lines read like the main process's
+LOG_FORMAT = "[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"
+
+
+def _worker_init(counter: Any, lock: Any, level: int, log_files: list[str]) -> None:
     """One thread per worker, and its own terminal line for progress bars (line 0 is the overall bar).
-    Workers ignore Ctrl-C: the main process handles it once and ends them (no trace per worker)."""
+    Workers ignore Ctrl-C: the main process handles it once and ends them (no trace per worker). A
+    spawned worker starts without logging: it logs at the main process's level to stdout and appends
+    to the main process's log files (the job's ``<job>.log``)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     torch.set_num_threads(1)
+    logging.basicConfig(level=level, format=LOG_FORMAT, stream=sys.stdout)
+    for path in log_files:
+        handler = logging.FileHandler(path)
+        handler.setFormatter(logging.Formatter(LOG_FORMAT))
+        logging.getLogger().addHandler(handler)
     with counter.get_lock():
         counter.value += 1
         os.environ[POSITION_ENV] = str(counter.value)
@@ -38,7 +51,10 @@ def _sigterm_as_ctrl_c() -> Iterator[None]:
     if threading.current_thread() is not threading.main_thread():  # signals reach the main thread only
         yield
         return
-    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt("SIGTERM")
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
     try:
         yield
     finally:
@@ -54,8 +70,11 @@ def map_trials(fn: Callable[..., Any], jobs: Sequence[dict], workers: int, desc:
     context = get_context("spawn")
     counter, lock = context.Value("i", 0), context.RLock()
     tqdm.set_lock(lock)
+    root = logging.getLogger()
+    log_files = [h.baseFilename for h in root.handlers if isinstance(h, logging.FileHandler)]
+    settings = (counter, lock, root.getEffectiveLevel(), log_files)
     with _sigterm_as_ctrl_c(), ProcessPoolExecutor(min(workers, len(jobs)), mp_context=context,
-                                                   initializer=_worker_init, initargs=(counter, lock)) as pool:
+                                                   initializer=_worker_init, initargs=settings) as pool:
         try:
             futures = [pool.submit(fn, **job) for job in jobs]
             for future in tqdm(futures, desc=desc):
