@@ -553,7 +553,7 @@ def _check_packnorm_overlap(cfg: dict) -> None:
         raise ConfigError(f"length={cfg['length']} must exceed depth*(kernel_size-1)={shrink} (valid convolutions)")
     for o in cfg["overlaps"]:
         if not 0 <= o < cfg["length"]:
-            raise ConfigError(f"overlap={o} must lie in [0, length={cfg['length']})")
+            raise ConfigError(f"overlaps entry {o} must lie in [0, length={cfg['length']})")
 
 
 def _check_leak_probe(cfg: dict) -> None:
@@ -561,6 +561,7 @@ def _check_leak_probe(cfg: dict) -> None:
     _positive(cfg, "num_threads", "horizon", "influence.n_windows", "influence.row_stride", "leakage.chain_samples")
     if cfg["checkpoint"] is None and not cfg["checkpoints"] and not cfg["norms"]:
         raise ConfigError("give checkpoint=..., checkpoints=[...] or a non-empty norms=[...]")
+    _known_norms(cfg)
     leakage = cfg["leakage"]
     if leakage["n_windows"] < 2:
         raise ConfigError("leakage.n_windows must be at least 2 (changed conditions come from another window)")
@@ -577,10 +578,14 @@ def _check_norm_comparison(cfg: dict) -> None:
         raise ConfigError(f"baseline={cfg['baseline']} must be one of norms={norms}")
 
 
-def _check_stitching_study(cfg: dict) -> None:
+def _known_norms(cfg: dict) -> None:
     unknown = [n for n in cfg["norms"] if n not in NORM_LAYERS]
     if unknown:
         raise ConfigError(f"unknown norm(s) {unknown} in norms={cfg['norms']}; choose from {sorted(NORM_LAYERS)}")
+
+
+def _check_stitching_study(cfg: dict) -> None:
+    _known_norms(cfg)
     _check_norm_comparison(cfg)
     seeds = cfg["seeds"]
     if len(set(seeds)) != len(seeds):

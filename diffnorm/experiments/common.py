@@ -235,7 +235,7 @@ def run_job(job: Callable[[DictConfig, Path], Any], cfg: DictConfig) -> None:
         sys.exit(err.exit_code)
     except KeyboardInterrupt as err:
         _close_progress_bars()
-        print(f"interrupted: {err or 'Ctrl-C'}; the job stopped (run directory {out})", file=sys.stderr)
+        print(f"interrupted: {str(err) or 'Ctrl-C'}; the job stopped (run directory {out})", file=sys.stderr)
         sys.exit(TrainingInterrupted.exit_code)
     except (ConfigError, FileNotFoundError, TrainingStopped) as err:
         code = err.exit_code if isinstance(err, TrainingStopped) else 2
