@@ -15,14 +15,12 @@ from diffnorm.envs.maze2d import in_wall, maze_spec
 from diffnorm.envs.ogbench_maze import (
     OGBENCH_STEP,
     OGBenchFrame,
-    evaluate_ogbench,
     import_ogbench,
-    kinematic_action,
     make_ogbench_env,
     ogbench_tasks,
-    oracle_policy,
 )
 from diffnorm.experiments.common import ConfigError
+from diffnorm.planning.kinematic import evaluate_ogbench, kinematic_action, oracle_policy
 
 MEDIUM = "maze2d-medium"
 EPISODES, STEPS = 24, 201

@@ -4,15 +4,9 @@ OGBench's own tasks and success signal, and the env config training and being st
 import numpy as np
 import pytest
 
-from diffnorm.envs.ogbench_maze import (
-    OGBENCH_STEP,
-    OGBenchFrame,
-    make_ogbench_env,
-    ogbench_tasks,
-    oracle_policy,
-)
+from diffnorm.envs.ogbench_maze import OGBENCH_STEP, OGBenchFrame, make_ogbench_env, ogbench_tasks
 from diffnorm.experiments.common import ConfigError, compose_job
-from diffnorm.planning.kinematic import PlanFollower, plans_in_wall_fraction
+from diffnorm.planning.kinematic import PlanFollower, evaluate_ogbench, oracle_policy, plans_in_wall_fraction
 
 ogbench = pytest.importorskip("ogbench", reason="needs the optional 'ogbench' package")
 MEDIUM = "maze2d-medium"
@@ -66,8 +60,6 @@ def test_follower_reaches_a_nearby_waypoint_and_replans_on_schedule():
 
 
 def test_follower_is_scored_on_ogbench_tasks_with_its_success():
-    from diffnorm.envs.ogbench_maze import evaluate_ogbench
-
     planner = RecordingPlanner(horizon=64, oracle=True)
     result = evaluate_ogbench(PlanFollower(planner, replan_every=32), MEDIUM, episodes_per_task=1, seed=0)
     assert [t["task_id"] for t in result["tasks"]] == [1, 2, 3, 4, 5] and result["success_rate"] == 1.0

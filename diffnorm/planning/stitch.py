@@ -20,9 +20,14 @@ import numpy as np
 from diffnorm.data.stitch import stitch_task_cells, stitch_tasks
 from diffnorm.devices import resolve_device
 from diffnorm.envs.maze2d import in_wall, make_env, maze_spec, xy_to_cell
-from diffnorm.envs.ogbench_maze import evaluate_ogbench, oracle_policy
 from diffnorm.errors import require
-from diffnorm.planning.kinematic import PlanFollower, evaluate_ogbench_planner, plans_in_wall_fraction
+from diffnorm.planning.kinematic import (
+    PlanFollower,
+    evaluate_ogbench,
+    evaluate_ogbench_planner,
+    oracle_policy,
+    plans_in_wall_fraction,
+)
 from diffnorm.planning.planner import GoalOnlyPlanner
 from diffnorm.planning.rollout import Protocol, evaluate_planner
 from diffnorm.training.checkpoint import load_checkpoint
