@@ -15,6 +15,7 @@ needs no schema entry: its keyword arguments are its keys.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import inspect
 import logging
 from collections.abc import Callable
@@ -470,6 +471,9 @@ def _check_train_diffuser(cfg: dict) -> None:
     for key in ("train.sample_every", "train.snapshot_every", "train.ema_start", "train.warmup_steps"):
         if _get(cfg, key) < 0:
             raise ConfigError(f"{key}={_get(cfg, key)} must be >= 0")
+    if train["tensorboard"] and importlib.util.find_spec("tensorboard") is None:
+        raise ConfigError("train.tensorboard=true needs the optional 'tensorboard' package: "
+                          "pip install 'diffnorm[tensorboard]'")
     norm = cfg["norm"]
     if isinstance(norm, dict) and norm.get("name") == "batch" and train["batch_size"] < 2:
         raise ConfigError(f"norm=batch with train.batch_size={train['batch_size']}: batch statistics over a batch "
@@ -608,15 +612,11 @@ def _check_controller_baseline(cfg: dict) -> None:
 
 class Job(NamedTuple):
     """A job: its config schema, the cross-field rules checked after composition, and the module of
-    ``diffnorm.experiments`` holding the function of the same name that runs it (``Job.function``;
-    imported on use, since the job layer imports this module)."""
+    ``diffnorm.experiments`` that holds the function of the job's name (``job_function``)."""
 
     schema: type
     check: Callable[[dict], None] | None
     module: str
-
-    def function(self, name: str) -> Callable[[DictConfig, Path], Any]:
-        return getattr(importlib.import_module(f"diffnorm.experiments.{self.module}"), name)
 
 
 # Every job, keyed by its name: the name of its script, its YAML config and its function.
@@ -638,6 +638,11 @@ JOBS: dict[str, Job] = {
     "stitching_answer": Job(StitchingAnswerSchema, None, "stitching_answer"),
     "study": Job(StudySchema, _check_norm_comparison, "study"),
 }
+
+
+def job_function(name: str) -> Callable[[DictConfig, Path], Any]:
+    """The function that runs job ``name``, imported on use (the job layer imports this module)."""
+    return getattr(importlib.import_module(f"diffnorm.experiments.{JOBS[name].module}"), name)
 
 
 def config_message(err: OmegaConfBaseException) -> str:

@@ -8,7 +8,8 @@ LIBRARY = ["diffnorm.models.temporal_unet", "diffnorm.models.norms", "diffnorm.d
            "diffnorm.data.d4rl_format", "diffnorm.data.generate", "diffnorm.data.stitch", "diffnorm.data.sequence",
            "diffnorm.envs.maze2d", "diffnorm.envs.frames", "diffnorm.analysis.influence", "diffnorm.analysis.leak",
            "diffnorm.analysis.receptive_field", "diffnorm.training.loop", "diffnorm.training.checkpoint",
-           "diffnorm.planning.rollout", "diffnorm.probing.probes", "diffnorm.toy.localization", "diffnorm.errors",
+           "diffnorm.planning.rollout", "diffnorm.planning.kinematic", "diffnorm.planning.stitch",
+           "diffnorm.envs.ogbench_maze", "diffnorm.probing.probes", "diffnorm.toy.localization", "diffnorm.errors",
            "diffnorm.io"]
 
 

@@ -121,14 +121,15 @@ def test_unknown_probe_site_lists_the_valid_sites(smoke, tmp_path):
 def test_checkpoints_of_different_horizons_are_refused(smoke, tmp_path):
     from omegaconf import OmegaConf
 
+    from diffnorm.experiments.common import compose_job
     from diffnorm.experiments.diffuser import train_diffuser
-    from diffnorm.experiments.leak_probe import _compose_training, leak_probe
+    from diffnorm.experiments.leak_probe import leak_probe
 
     run_dir, _ = smoke
     trained = run_dir / "train" / "none"
     data_dir = OmegaConf.load(trained / "config.yaml").data_dir
     other = tmp_path / "h128"
-    train_diffuser(_compose_training([*TRAIN, "env.horizon=128", "norm=none", f"data_dir={data_dir}"]), other)
+    train_diffuser(compose_job("train_diffuser", [*TRAIN, "env.horizon=128", "norm=none", f"data_dir={data_dir}"]), other)
     with pytest.raises(ConfigError, match="different horizons"):
         leak_probe(compose(f"checkpoints=[{trained},{other}]"), tmp_path / "out")
 

@@ -282,6 +282,10 @@ def test_tensorboard_events_follow_metrics_csv_across_a_resume(tmp_path):
     assert [s for s, _ in loss] == [2, 4, 6], "the stale step-5 point is purged on resume"
     assert [v for _, v in loss] == pytest.approx([float(r[1]) for r in rows], rel=1e-6)
     assert [e.value for e in events.Scalars("train/lr")] == pytest.approx([1e-3] * 3)
+    run(tiny_cfg(steps=2, log_every=2, checkpoint_every=2, tensorboard=True), tmp_path)  # afresh, same directory
+    events = EventAccumulator(str(tmp_path / "tensorboard"))
+    events.Reload()
+    assert [e.step for e in events.Scalars("train/loss")] == [2], "a fresh start purges the earlier run's events"
 
 
 # ---- the job in-process on composed configs, and the script end to end in subprocesses ----

@@ -48,7 +48,7 @@ def default_dtype(dtype: torch.dtype) -> Iterator[None]:
 
 
 def dataset_windows(dataset: Any, n: int, seed: int, dtype: torch.dtype
-             ) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
+                    ) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
     """``n`` random windows x0 [n, H, D] and their start/goal conditions {timestep: [n, obs_dim]}."""
     require(len(dataset) >= n, f"the dataset has {len(dataset)} windows; {n} are needed")
     picks = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))[:n].tolist()
@@ -93,8 +93,7 @@ def measure_influence(diffusion: GaussianDiffusion, x0: torch.Tensor, conditions
     for step in diffusion_steps(diffusion, list(cfg.t_fractions)):
         x_t = _noisy(diffusion, x0, conditions, step, seed + step)
         t = torch.full((len(x0),), step, dtype=torch.long)
-        chunk = cfg.chunk_size
-        imap = influence.influence_map(diffusion.model, x_t, t, rows, chunk_size=chunk).double().numpy()
+        imap = influence.influence_map(diffusion.model, x_t, t, rows, chunk_size=cfg.chunk_size).double().numpy()
         maps.append(imap)
         _, profile = influence.offset_profile(imap, rows)
         per_step.append({"t": step, "beyond_rf_fraction": influence.beyond_fraction(imap, outside),
@@ -186,7 +185,7 @@ def measure_leakage(diffusion: GaussianDiffusion, x0: torch.Tensor, conditions: 
         chain_conditions = {k: v[:n_chain] for k, v in conditions.items()}
         with default_dtype(dtype):
             chain = influence.chain_leakage(diffusion, chain_conditions, _changed(chain_conditions, position), seed,
-                                  sampler=cfg.sampler, num_steps=cfg.num_steps)
+                                            sampler=cfg.sampler, num_steps=cfg.num_steps)
         plan = chain["plan"].double().numpy()
         per_step = chain["per_step"].double().numpy()
         distance = np.abs(np.arange(length) - position)

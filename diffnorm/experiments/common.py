@@ -236,7 +236,7 @@ def run_job(job: Callable[[DictConfig, Path], Any], cfg: DictConfig) -> None:
     except KeyboardInterrupt as err:
         _close_progress_bars()
         print(f"interrupted: {str(err) or 'Ctrl-C'}; the job stopped (run directory {out})", file=sys.stderr)
-        sys.exit(TrainingInterrupted.exit_code)
+        sys.exit(143 if str(err) == "SIGTERM" else TrainingInterrupted.exit_code)  # 128 + the signal
     except (ConfigError, FileNotFoundError, TrainingStopped) as err:
         code = err.exit_code if isinstance(err, TrainingStopped) else 2
         print(f"error: {err}", file=sys.stderr)

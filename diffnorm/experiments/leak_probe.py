@@ -61,18 +61,13 @@ DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 # ----------------------------------------------------------------------------------------------- models
 
-def _compose_training(overrides: list[str]) -> DictConfig:
-    """The train_diffuser config with ``overrides``, composed exactly as its script would."""
-    return compose_job("train_diffuser", overrides)
-
-
 def _train_quick(cfg: DictConfig, out: Path) -> list[Path]:
     """Train one model per ``cfg.norms`` with ``cfg.train_overrides`` (``experiment=quick`` by default);
     a run directory that already holds a finished run of the same overrides is reused (``train_or_reuse``)."""
     runs = []
     overrides = [[*cfg.train_overrides, f"norm={n}"] for n in cfg.norms]
     for o in overrides:  # fail on a bad site before any training
-        _check_sites(build_diffusion(_compose_training(o)).model, cfg.probe.sites)
+        _check_sites(build_diffusion(compose_job("train_diffuser", o)).model, cfg.probe.sites)
     for norm, o in zip(cfg.norms, overrides):
         run = out / "train" / str(norm)
         _, reused = train_or_reuse(o, run)

@@ -86,11 +86,11 @@ def update_summary(path: Path, records: list[dict[str, Any]], preset: str | None
 def learning_curve(cfg: DictConfig, out: Path) -> dict[str, Any]:
     """Evaluate every snapshot of ``cfg.runs``; see learning_curve.yaml."""
     start = time.perf_counter()
-    runs = [resolve_path(r) for r in (cfg.runs or [])]
+    runs = [resolve_path(r) for r in cfg.runs]
     require(bool(runs), "runs=[<train_diffuser run dir>, ...] is required (runs trained with train.snapshot_every=N)")
     torch.set_num_threads(cfg.num_threads)
     device = resolve_device(cfg.device)
-    wanted = None if cfg.steps is None else {int(s) for s in cfg.steps}
+    wanted = None if cfg.steps is None else set(cfg.steps)
     records = []
     for run in runs:
         require((run / CONFIG).is_file(), f"{run} is not a train_diffuser run directory ({CONFIG} is missing)")

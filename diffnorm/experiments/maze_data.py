@@ -212,17 +212,17 @@ def controller_baseline(cfg: DictConfig, out: Path) -> dict[str, Any]:
     results: dict[str, Any] = {"episodes": cfg.episodes, "seed": cfg.seed, "mazes": {}}
     fig, axes = plt.subplots(1, len(cfg.mazes), figsize=(4.5 * len(cfg.mazes), 4.5), squeeze=False)
     for ax, name in zip(axes[0], cfg.mazes):
-        maze_spec(str(name))
+        maze_spec(name)
         results["mazes"][name] = {}
         for label, replan in variants.items():
-            r = controller_returns(str(name), cfg.episodes, cfg.seed, replan_each_episode=replan,
+            r = controller_returns(name, cfg.episodes, cfg.seed, replan_each_episode=replan,
                                    keep_paths=cfg.plot_paths if replan else 0)
             paths = r.pop("paths")
             results["mazes"][name][label] = r
             print(f"{name:>14} {label:>27}: normalized score {r['score_mean']:6.1f} ± {r['score_sem']:.1f} "
                   f"(return {r['return_mean']:.1f}; {r['episodes_reaching_goal']}/{r['episodes']} reach the goal)")
             if paths:
-                draw_maze(ax, str(name))
+                draw_maze(ax, name)
                 for path in paths:
                     plot_trajectory(ax, path, s=2)
                 ax.set_title(f"{name}: {len(paths)} controller episodes\nscore {r['score_mean']:.1f} "

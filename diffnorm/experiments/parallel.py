@@ -21,7 +21,6 @@ from tqdm.auto import tqdm
 
 from diffnorm.progress import POSITION_ENV
 
-
 # Hydra's default job-logging format, so worker lines read like the main process's
 LOG_FORMAT = "[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"
 
@@ -46,11 +45,14 @@ def _worker_init(counter: Any, lock: Any, level: int, log_files: list[str]) -> N
 
 @contextlib.contextmanager
 def _sigterm_as_ctrl_c() -> Iterator[None]:
-    """While active, SIGTERM in the main process raises ``KeyboardInterrupt`` as Ctrl-C does, so a
-    ``kill`` of the job ends its workers too instead of leaving them training."""
-    if threading.current_thread() is not threading.main_thread():  # signals reach the main thread only
+    """While active, SIGTERM in the main process raises ``KeyboardInterrupt("SIGTERM")`` as Ctrl-C does,
+    so a ``kill`` of the job ends its workers too instead of leaving them training. A handler someone else
+    installed (a cluster launcher's, e.g. submitit's) is left in place."""
+    if (threading.current_thread() is not threading.main_thread()  # signals reach the main thread only
+            or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL):
         yield
         return
+
     def interrupt(signum: int, frame: Any) -> None:
         raise KeyboardInterrupt("SIGTERM")
 

@@ -14,7 +14,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from diffnorm.config import JOBS
+from diffnorm.config import job_function
 from diffnorm.experiments.common import compose_job, write_results
 from diffnorm.experiments.parallel import map_trials
 from diffnorm.plotting.grid import image_grid
@@ -22,12 +22,12 @@ from diffnorm.probing.stats import welch_difference
 
 
 def run_composed(job: str, overrides: list[str], out: str) -> dict[str, Any]:
-    """Compose ``job``'s config with ``overrides`` and run the job (``config.JOBS``) into ``out``.
+    """Compose ``job``'s config with ``overrides`` and run the job (``config.job_function``) into ``out``.
 
     Top-level so worker processes can run it: they compose their own config.
     """
     Path(out).mkdir(parents=True, exist_ok=True)  # as Hydra would have made it
-    return JOBS[job].function(job)(compose_job(job, overrides), Path(out))
+    return job_function(job)(compose_job(job, overrides), Path(out))
 
 
 def study(cfg: DictConfig, out: Path) -> dict[str, Any]:

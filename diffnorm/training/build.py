@@ -32,7 +32,7 @@ def build_model(cfg: DictConfig) -> TemporalUnet:
     try:
         norm_layer = norm_factory(**OmegaConf.to_container(cfg.norm, resolve=True))
         return TemporalUnet(horizon=cfg.env.horizon,
-                            transition_dim=int(cfg.diffusion.observation_dim + cfg.diffusion.action_dim),
+                            transition_dim=cfg.diffusion.observation_dim + cfg.diffusion.action_dim,
                             norm_layer=norm_layer, **model_cfg)
     except ConfigError:
         raise

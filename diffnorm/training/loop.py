@@ -30,7 +30,7 @@ from torch import nn
 
 from diffnorm.devices import bf16_supported
 from diffnorm.diffusion.gaussian import GaussianDiffusion
-from diffnorm.errors import ConfigError, TrainingDiverged, TrainingInterrupted, require
+from diffnorm.errors import TrainingDiverged, TrainingInterrupted, require
 from diffnorm.io import atomic_write_bytes
 from diffnorm.progress import bar as progress_bar
 from diffnorm.training.checkpoint import (
@@ -97,15 +97,13 @@ def _write_metrics(path: Path, rows: list[dict[str, Any]]) -> None:
     atomic_write_bytes(path, buffer.getvalue().encode())
 
 
-def _tensorboard(out: Path, resumed_at: int | None) -> Any:
-    """A TensorBoard writer into ``out/tensorboard``. A run resumed from step k purges the events logged
-    after step k (TensorBoard drops steps >= ``purge_step``), as ``metrics.csv`` drops those rows."""
-    try:
-        from torch.utils.tensorboard import SummaryWriter  # an optional extra
-    except ImportError:
-        raise ConfigError("train.tensorboard=true needs the optional 'tensorboard' package: "
-                          "pip install 'diffnorm[tensorboard]'") from None
-    return SummaryWriter(str(out / "tensorboard"), purge_step=None if resumed_at is None else resumed_at + 1)
+def _tensorboard(out: Path, start: int) -> Any:
+    """A TensorBoard writer into ``out/tensorboard`` for a run starting at step ``start`` (0 when fresh):
+    events an earlier start logged after it are purged (TensorBoard drops steps >= ``purge_step``), as
+    ``metrics.csv`` drops those rows. The ``tensorboard`` extra is checked with the config."""
+    from torch.utils.tensorboard import SummaryWriter  # an optional extra
+
+    return SummaryWriter(str(out / "tensorboard"), purge_step=start + 1)
 
 
 @contextlib.contextmanager
@@ -220,9 +218,9 @@ def train_diffusion(diffusion: GaussianDiffusion, dataset: Sequence[dict[str, An
     rows: list[dict[str, Any]] = _read_metrics(metrics_path, start) if cfg.resume else []
     if info.is_main:
         _write_metrics(metrics_path, rows)  # drops rows logged after the checkpoint a resumed run restarts from
-    events = _tensorboard(out, start if cfg.resume else None) if info.is_main and cfg.get("tensorboard") else None
     autocast, denoiser = _precision_and_compile(cfg, device, wrap_ddp(diffusion.model, device))
     grads = GradientStep(diffusion, accum, device, denoiser, autocast, shards=int(cfg.get("shards", 1)), dist=info)
+    events = _tensorboard(out, start) if info.is_main and cfg.get("tensorboard") else None
     order = EpochOrder(len(dataset), seed)
     window: list[torch.Tensor] = []  # per-step losses, left on the device until logged (no sync per step)
     unchecked: list[torch.Tensor] = []  # losses not yet checked for NaN/inf (since the last log or checkpoint)
