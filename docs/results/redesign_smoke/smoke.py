@@ -41,6 +41,11 @@ def jobs(data: Path, out: Path) -> list[tuple[str, list[str]]]:
         ("stitching_study", [f"train_overrides={listing}", "norms=[group,none]", "seeds=[0,1]", "workers=1",
                              "episodes_per_task=1", "max_steps=10", "stitch.episodes=40", f"data_dir={data}",
                              ]),
+        # jobs added after the redesign began (the paper's toy claims at full strength): compared from fe4a69f
+        ("groupnorm_groups", [*TOY, "groups=[1,2]", "lrs=[1e-3]"]),
+        ("batchnorm_stats", [*TOY, "effective_batch=4", "batch_sizes=[1,2]"]),
+        ("localization_norms", [*TOY, "batch_size=4", "norm_batch=2", "norms=[none,batch,channel]"]),
+        ("uninformative_inputs", [*TOY, "input_kinds=[{kind: gaussian},{kind: periodic, period: 3}]"]),
     ]
 
 
