@@ -31,6 +31,7 @@ from diffnorm.envs.maze2d import maze_names
 from diffnorm.errors import ConfigError
 from diffnorm.models.norms import NORM_LAYERS
 from diffnorm.toy.localization import check_inputs
+from diffnorm.training.step import LR_SCHEDULES
 
 log = logging.getLogger(__name__)
 
@@ -101,6 +102,7 @@ class TrainSchema:
     snapshot_every: int = 0  # EMA snapshots for learning curves; 0 = none
     lr_schedule: str = "constant"
     warmup_steps: int = 0
+    decay_steps: int = 0  # lr_schedule=wsd: the final steps of the linear decay to 0
     tensorboard: bool = False  # metrics.csv's scalars also as TensorBoard events in tensorboard/
 
 
@@ -447,7 +449,7 @@ def _check_train_diffuser(cfg: dict) -> None:
               "diffusion.observation_dim", "diffusion.action_dim", "diffusion.num_steps")
     _one_of(cfg, "model.name", ("temporal_unet",))
     _one_of(cfg, "diffusion.sampler", ("ddpm", "ddim", "dpm"))
-    _one_of(cfg, "train.lr_schedule", ("constant", "cosine"))
+    _one_of(cfg, "train.lr_schedule", LR_SCHEDULES)
     _one_of(cfg, "dataset_frame", ("auto", "diffnorm", "d4rl", "centred", "ogbench"))
     mults = model["dim_mults"]
     if len(mults) < 2 or min(mults) < 1:
@@ -468,9 +470,16 @@ def _check_train_diffuser(cfg: dict) -> None:
         raise ConfigError(f"train.lr={train['lr']} must be positive")
     if not 0 <= train["ema_decay"] < 1:
         raise ConfigError(f"train.ema_decay={train['ema_decay']} must lie in [0, 1)")
-    for key in ("train.sample_every", "train.snapshot_every", "train.ema_start", "train.warmup_steps"):
+    for key in ("train.sample_every", "train.snapshot_every", "train.ema_start", "train.warmup_steps",
+                "train.decay_steps"):
         if _get(cfg, key) < 0:
             raise ConfigError(f"{key}={_get(cfg, key)} must be >= 0")
+    if train["lr_schedule"] == "wsd" and not 1 <= train["decay_steps"] <= train["steps"] - train["warmup_steps"]:
+        raise ConfigError(f"train.lr_schedule=wsd needs 1 <= train.decay_steps <= train.steps - train.warmup_steps "
+                          f"= {train['steps'] - train['warmup_steps']}, got {train['decay_steps']}")
+    if train["lr_schedule"] != "wsd" and train["decay_steps"]:
+        raise ConfigError(f"train.decay_steps={train['decay_steps']} is read only by train.lr_schedule=wsd "
+                          f"(now {train['lr_schedule']})")
     if train["tensorboard"] and importlib.util.find_spec("tensorboard") is None:
         raise ConfigError("train.tensorboard=true needs the optional 'tensorboard' package: "
                           "pip install 'diffnorm[tensorboard]'")

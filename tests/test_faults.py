@@ -96,6 +96,9 @@ def test_every_shipped_config_and_group_choice_fits_its_schema():
     ("train_diffuser", ["diffusion.sampler=euler"], "diffusion.sampler='euler' is not one of ['ddpm', 'ddim', 'dpm']"),
     ("train_diffuser", ["diffusion.num_steps=100"], "diffusion.num_steps=100 exceeds env.n_diffusion_steps=64"),
     ("train_diffuser", ["train.ema_decay=1.5"], "train.ema_decay=1.5 must lie in [0, 1)"),
+    ("train_diffuser", ["train.lr_schedule=wsd"],
+     "train.lr_schedule=wsd needs 1 <= train.decay_steps <= train.steps - train.warmup_steps = 2000000, got 0"),
+    ("train_diffuser", ["train.decay_steps=100"], "train.decay_steps=100 is read only by train.lr_schedule=wsd (now constant)"),
     ("train_diffuser", ["data_dir=${nowhere}"], "config key data_dir: Interpolation key 'nowhere' not found"),
     ("localization", ["norm=group", "norm.groups=5"], "cannot normalize 32 channels"),
     ("plan_maze", ["mode=both"], "mode='both' is not one of ['single', 'multi']"),
@@ -394,6 +397,29 @@ def test_ctrl_c_in_dataset_generation_is_one_line_and_exit_130(tmp_path):
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err[-2000:]
     assert err.strip().splitlines()[-1].startswith("interrupted: Ctrl-C") and "Traceback" not in err
+
+
+def test_a_constant_run_resumes_into_a_wsd_decay_but_not_into_another_past(tmp_path, data_dir):
+    """Warmup-stable-decay's point: a constant-rate checkpoint branches into a decay and ends with the
+    weights of a run trained with that schedule from the start; a resume that would change a learning rate
+    already taken is refused."""
+    from safetensors.torch import load_file
+
+    from diffnorm.experiments.diffuser import train_diffuser
+
+    common = ["train.checkpoint_every=2", "train.log_every=1"]
+    wsd = ["train.steps=6", "train.lr_schedule=wsd", "train.decay_steps=2"]
+    train_diffuser(train_cfg(data_dir, *wsd, *common), tmp_path / "straight")
+    train_diffuser(train_cfg(data_dir, "train.steps=4", *common), tmp_path / "branch")
+    res = train_diffuser(train_cfg(data_dir, *wsd, "train.resume=true", *common), tmp_path / "branch")
+    assert res["resumed_from"] == 4
+    straight, branch = (load_file(str(tmp_path / d / CHECKPOINT)) for d in ("straight", "branch"))
+    assert straight.keys() == branch.keys() and all(torch.equal(straight[k], branch[k]) for k in straight)
+    rates = [float(r.split(",")[2]) for r in (tmp_path / "branch" / "metrics.csv").read_text().splitlines()[1:]]
+    assert rates == pytest.approx([2e-4, 2e-4, 2e-4, 2e-4, 2e-4, 1e-4])  # steps 0-5: stable, then the decay
+    with pytest.raises(ConfigError, match="took learning rate 0.0001 at step 5 and the new settings give 0.0002"):
+        train_diffuser(train_cfg(data_dir, "train.steps=8", "train.lr_schedule=wsd", "train.decay_steps=2",
+                                 "train.resume=true", *common), tmp_path / "branch")
 
 
 def test_sigint_writes_a_final_checkpoint_and_exits_cleanly(tmp_path, data_dir):

@@ -174,6 +174,8 @@ def test_cosine_schedule_with_warmup_sets_each_steps_learning_rate(tmp_path):
     assert [learning_rate(s, 1.0, 10, "cosine", 2) for s in (0, 1, 2, 6, 10)] == \
         pytest.approx([0.5, 1.0, 1.0, 0.5, 0.0])
     assert learning_rate(7, 2e-4, 10) == 2e-4
+    assert [learning_rate(s, 1.0, 10, "wsd", decay_steps=4) for s in (0, 5, 6, 7, 9)] == \
+        pytest.approx([1.0, 1.0, 1.0, 0.75, 0.25])
     run(tiny_cfg(steps=6, lr_schedule="cosine", warmup_steps=0, log_every=2), tmp_path)
     lrs = [float(r.split(",")[2]) for r in (tmp_path / METRICS).read_text().strip().splitlines()[1:]]
     assert lrs == pytest.approx([learning_rate(s, 1e-3, 6, "cosine") for s in (1, 3, 5)])

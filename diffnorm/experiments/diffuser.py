@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -36,10 +37,17 @@ from diffnorm.experiments.common import (
 from diffnorm.io import atomic_write_bytes
 from diffnorm.plotting.diffuser import loss_curve, plan_grid
 from diffnorm.training.build import build_diffusion
-from diffnorm.training.checkpoint import CHECKPOINT, CONFIG, SCALER, load_scaler, write_run_files
+from diffnorm.training.checkpoint import (
+    CHECKPOINT,
+    CONFIG,
+    SCALER,
+    checkpoint_step,
+    load_scaler,
+    write_run_files,
+)
 from diffnorm.training.distributed import barrier, init_distributed
-from diffnorm.training.loop import _seeded, train_diffusion
-from diffnorm.training.step import collate
+from diffnorm.training.loop import _seeded, schedule_of, train_diffusion
+from diffnorm.training.step import collate, learning_rate
 
 log = logging.getLogger(__name__)
 
@@ -48,22 +56,31 @@ log = logging.getLogger(__name__)
 JOIN_DISTANCE = 0.2
 
 # What makes two runs the same run: a resume must agree on all of it (train.steps may grow, intervals,
-# threads, progress and the GPU-only speed options may change).
-# A decaying learning rate is a function of train.steps, so such a run cannot be extended.
+# threads, progress and the GPU-only speed options may change), and on every learning rate it has taken
+# (``_check_same_rates``): a cosine run cannot be extended, a constant run can be resumed into a wsd decay.
 _IDENTITY = ("env", "norm", "model", "diffusion", "seed", "data_seed", "dataset", "train.batch_size",
-             "train.grad_accumulation", "train.lr", "train.lr_schedule", "train.warmup_steps", "train.ema_decay",
-             "train.ema_every", "train.ema_start")
-_SAVED_BEFORE = {"train.lr_schedule": "constant", "train.warmup_steps": 0}  # what runs that predate a key used
+             "train.grad_accumulation", "train.ema_decay", "train.ema_every", "train.ema_start")
 
 
 def _identity(cfg: DictConfig) -> dict[str, Any]:
-    keys = _IDENTITY + (("train.steps",) if OmegaConf.select(cfg, "train.lr_schedule", default="constant") != "constant"
-                        else ())
     identity = {}
-    for key in keys:
-        value = OmegaConf.select(cfg, key, default=_SAVED_BEFORE.get(key))
+    for key in _IDENTITY:
+        value = OmegaConf.select(cfg, key)
         identity[key] = OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
     return identity
+
+
+def _check_same_rates(out: Path, saved: DictConfig, now: DictConfig) -> None:
+    """The resumed schedule must give every step the checkpoint has taken the learning rate it had."""
+    taken = checkpoint_step(out / CHECKPOINT)
+    before, after = schedule_of(saved.train), schedule_of(now.train)
+    for step in range(taken):
+        was = learning_rate(step, saved.train.lr, saved.train.steps, **before)
+        new = learning_rate(step, now.train.lr, now.train.steps, **after)
+        require(math.isclose(was, new, rel_tol=1e-12),
+                f"train.resume=true in {out}, but the run took learning rate {was:.4g} at step {step} and the "
+                f"new settings give {new:.4g}; the learning-rate settings (train.lr, lr_schedule, steps, "
+                f"warmup_steps, decay_steps) may change only from step {taken}, the checkpoint's, on")
 
 
 def _flat(cfg: DictConfig) -> dict[str, Any]:
@@ -159,12 +176,14 @@ def with_device_default(cfg: DictConfig, device: torch.device) -> DictConfig:
 
 def _check_resume_matches(out: Path, cfg: DictConfig) -> TrajectoryScaler:
     """The saved config must describe the same run; return the run's scaler so the data scales alike."""
-    for name in (CONFIG, SCALER):
+    for name in (CONFIG, SCALER, CHECKPOINT):
         require((out / name).is_file(), f"train.resume=true but {out / name} does not exist")
-    saved, now = _identity(saved_config(out)), _identity(cfg)
+    saved_cfg = saved_config(out)
+    saved, now = _identity(saved_cfg), _identity(cfg)
     diff = [f"{k}: run {saved.get(k)} vs now {now.get(k)}" for k in sorted(set(saved) | set(now))
             if saved.get(k) != now.get(k)]
     require(not diff, f"train.resume=true in {out}, but the config differs from the run's: {'; '.join(diff)}")
+    _check_same_rates(out, saved_cfg, cfg)
     return load_scaler(json.loads((out / SCALER).read_text()))
 
 

@@ -118,6 +118,12 @@ def list_snapshots(run_dir: Path) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
+def checkpoint_step(path: Path) -> int:
+    """The optimizer steps a checkpoint, EMA or snapshot file has taken (from its metadata)."""
+    with safe_open(str(path), framework="pt") as f:
+        return int((f.metadata() or {})["step"])
+
+
 def training_seconds(path: Path) -> float | None:
     """The training seconds recorded in a checkpoint, EMA or snapshot file (None for files written
     before the count existed)."""

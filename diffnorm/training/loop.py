@@ -181,10 +181,18 @@ def check_train_settings(cfg: DictConfig) -> None:
     for key in ("steps", "batch_size", "grad_accumulation", "ema_every", "checkpoint_every", "log_every"):
         require(int(cfg[key]) >= 1, f"train.{key}={cfg[key]} must be positive")
     require(cfg.lr > 0, f"train.lr={cfg.lr} must be positive")
-    for key in ("sample_every", "snapshot_every", "warmup_steps"):
+    for key in ("sample_every", "snapshot_every", "warmup_steps", "decay_steps"):
         require(int(cfg.get(key, 0)) >= 0, f"train.{key}={cfg.get(key)} must be >= 0 (0 = never)")
     require(cfg.get("lr_schedule", "constant") in LR_SCHEDULES,
             f"train.lr_schedule={cfg.get('lr_schedule')!r} is unknown; choose one of {list(LR_SCHEDULES)}")
+    require(cfg.get("lr_schedule") != "wsd" or int(cfg.get("decay_steps", 0)) >= 1,
+            f"train.lr_schedule=wsd needs train.decay_steps >= 1, got {cfg.get('decay_steps', 0)}")
+
+
+def schedule_of(cfg: DictConfig) -> dict[str, Any]:
+    """``learning_rate``'s schedule keywords from train settings (runs saved before a key have its default)."""
+    return {"schedule": str(cfg.get("lr_schedule", "constant")), "warmup_steps": int(cfg.get("warmup_steps", 0)),
+            "decay_steps": int(cfg.get("decay_steps", 0))}
 
 
 def train_diffusion(diffusion: GaussianDiffusion, dataset: Sequence[dict[str, Any]], cfg: DictConfig,
@@ -233,10 +241,10 @@ def train_diffusion(diffusion: GaussianDiffusion, dataset: Sequence[dict[str, An
     label = f"train {OmegaConf.select(run_cfg, 'norm.name', default='')} seed {seed}".replace("  ", " ")
     bar = progress_bar(total=total, initial=start, desc=label, disable=not cfg.progress)
     with _sigint_flag() as sigint, contextlib.closing(grads), events or contextlib.nullcontext():
-        schedule, warmup = str(cfg.get("lr_schedule", "constant")), int(cfg.get("warmup_steps", 0))
+        schedule = schedule_of(cfg)
         for step in range(start, total):
             for group in optimizer.param_groups:
-                group["lr"] = learning_rate(step, cfg.lr, total, schedule, warmup)
+                group["lr"] = learning_rate(step, cfg.lr, total, **schedule)
             gen = step_generator(seed, step)
             step_loss = torch.zeros((), device=device)
             for micro in range(accum):

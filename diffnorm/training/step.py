@@ -149,23 +149,31 @@ class GradientStep:
         return total
 
 
-LR_SCHEDULES = ("constant", "cosine")
+LR_SCHEDULES = ("constant", "cosine", "wsd")
 
 
-def learning_rate(step: int, lr: float, total: int, schedule: str = "constant", warmup_steps: int = 0) -> float:
+def learning_rate(step: int, lr: float, total: int, schedule: str = "constant", warmup_steps: int = 0,
+                  decay_steps: int = 0) -> float:
     """The learning rate of optimizer step ``step`` (0-based) of ``total``: a linear warmup from lr /
-    warmup_steps to ``lr`` over the first ``warmup_steps`` steps, then ``constant`` (the Diffuser's) or a
-    ``cosine`` decay to 0 at ``total`` (Loshchilov & Hutter 2017, without restarts). A pure function of
-    the step, so a resumed run follows the same schedule without saving scheduler state.
+    warmup_steps to ``lr`` over the first ``warmup_steps`` steps, then ``constant`` (the Diffuser's), a
+    ``cosine`` decay to 0 at ``total`` (Loshchilov & Hutter 2017, without restarts), or ``wsd``
+    (warmup-stable-decay; Hägele et al. 2024): constant, then a linear decay to 0 over the last
+    ``decay_steps`` steps. Until its decay a ``wsd`` run takes a constant run's rates, so a constant run's
+    checkpoint can be resumed into a decay at any step. A pure function of the step, so a resumed run
+    follows the same schedule without saving scheduler state.
 
-    Raises ValueError for an unknown schedule.
+    Raises ValueError for an unknown schedule, or ``wsd`` without decay steps.
     """
     if schedule not in LR_SCHEDULES:
         raise ValueError(f"unknown learning-rate schedule {schedule!r}; choose one of {list(LR_SCHEDULES)}")
+    if schedule == "wsd" and decay_steps < 1:
+        raise ValueError(f"lr_schedule='wsd' needs decay_steps >= 1, got {decay_steps}")
     if step < warmup_steps:
         return lr * (step + 1) / warmup_steps
     if schedule == "constant":
         return lr
+    if schedule == "wsd":
+        return lr * min(1.0, (total - step) / decay_steps)
     progress = (step - warmup_steps) / max(total - warmup_steps, 1)
     return 0.5 * lr * (1.0 + math.cos(math.pi * min(progress, 1.0)))
 
