@@ -61,6 +61,21 @@ def test_stitching_study_writes_results_cis_and_figures(script, tmp_path):
     assert all(r["training"]["reused"] and r["evaluation_reused"] for r in again)
 
 
+def test_side_by_side_trainings_get_one_thread_each_and_are_reused_alone(tmp_path):
+    """workers=2 gives each training one thread whatever its preset asks (two two-thread trainings on two
+    cores stall each other); the thread count is not part of the run, so workers=1 later reuses them."""
+    two_threads = ["train.num_threads=2"]
+    listing = "[" + ",".join(f"'{v}'" for v in TRAIN + two_threads) + "]"
+    args = [a.replace("workers=1", "workers=2") if a.startswith("workers=") else a for a in _tiny(tmp_path)]
+    args = [f"train_overrides={listing}" if a.startswith("train_overrides=") else a for a in args]
+    stitching_study(compose_job("stitching_study", args), tmp_path / "run")
+    for run in (tmp_path / "run" / "runs").glob("*/seed*"):
+        assert json.loads((run / "results.json").read_text())["torch_threads"] == 1, run
+    alone = [a.replace("workers=2", "workers=1") for a in args]
+    res = stitching_study(compose_job("stitching_study", alone), tmp_path / "run")
+    assert all(r["training"]["reused"] for by in res["runs"].values() for r in by.values())
+
+
 def test_ceiling_control_trains_on_whole_paths(tmp_path):
     """train_data=full: the same tasks, planners trained on the env's D4RL-recipe data, cached in data_dir."""
     listing = "[" + ",".join(f"'{v}'" for v in TRAIN + ["env.dataset_steps=3000"]) + "]"

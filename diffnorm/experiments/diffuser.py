@@ -10,6 +10,7 @@ import json
 import logging
 import math
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -316,13 +317,15 @@ REUSE_MARKER = "study_overrides.json"
 STARTED_MARKER = "study_overrides.started.json"
 
 
-def train_or_reuse(overrides: list[str], out: Path) -> tuple[dict[str, Any], bool]:
+def train_or_reuse(overrides: list[str], out: Path, runtime: Sequence[str] = ()) -> tuple[dict[str, Any], bool]:
     """(results, reused): ``train_diffuser`` composed with ``overrides`` into ``out``, unless ``out`` holds
     a finished training (results.json and ema.safetensors) made with exactly these overrides, whose
     results are returned instead. A training these overrides started there and that stopped part-way
     (a checkpoint, no results) continues from its checkpoint (``train.resume=true``). The one reuse rule
     of the jobs that train sub-runs, so a study that stopped part-way, or is rerun for new evaluations or
-    figures, trains only what is missing, across sessions."""
+    figures, trains only what is missing, across sessions. ``runtime`` overrides change how, not what, is
+    trained (e.g. ``train.num_threads``, which a resume may change too): they are applied but not
+    recorded, so a rerun with other runtime settings still reuses or continues the run."""
     out = Path(out)
     marker, started = out / REUSE_MARKER, out / STARTED_MARKER
     finished = (out / "results.json").is_file() and (out / "ema.safetensors").is_file()
@@ -337,6 +340,6 @@ def train_or_reuse(overrides: list[str], out: Path) -> tuple[dict[str, Any], boo
     else:
         atomic_write_bytes(started, json.dumps(list(overrides)).encode())
     resume = ["train.resume=true"] if resumable else []
-    results = train_diffuser(compose_job("train_diffuser", [*overrides, *resume]), out)
+    results = train_diffuser(compose_job("train_diffuser", [*overrides, *runtime, *resume]), out)
     marker.write_text(json.dumps(list(overrides)))
     return results, False
