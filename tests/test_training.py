@@ -488,22 +488,27 @@ def test_resume_as_printed_continues_the_run_with_its_own_config(script, tmp_pat
     assert line.startswith("error: train.resume=true in") and "norm: run {'name': 'none'} vs now" in line
 
 
-def test_train_or_reuse_continues_what_it_started_and_reuses_what_finished(tmp_path):
+def test_train_or_reuse_judges_the_run_by_its_saved_config(tmp_path):
     # the job layer, imported by this test only
     from diffnorm.experiments.common import compose_job
-    from diffnorm.experiments.diffuser import STARTED_MARKER, train_diffuser, train_or_reuse
+    from diffnorm.experiments.diffuser import train_diffuser, train_or_reuse
 
     base = ["experiment=tiny", "train.checkpoint_every=2", f"data_dir={tmp_path / 'data'}"]
-    overrides = [*base, "train.steps=4"]
     run = tmp_path / "run"
-    # A training these overrides started that stopped at its step-2 checkpoint (a session ended).
+    # A run that stopped at its step-2 checkpoint (a session ended) is the 4-step run part-way: it continues.
     train_diffuser(compose_job("train_diffuser", [*base, "train.steps=2"]), run)
-    (run / STARTED_MARKER).write_text(json.dumps(overrides))
-    (run / "results.json").unlink()  # the EMA weights are written with every checkpoint and stay
-    resumed, reused = train_or_reuse(overrides, run)
+    (run / "results.json").unlink()
+    resumed, reused = train_or_reuse([*base, "train.steps=4"], run)
     assert not reused and resumed["resumed_from"] == 2 and resumed["steps"] == 4
-    again, reused = train_or_reuse(overrides, run)
+    again, reused = train_or_reuse([*base, "train.steps=4"], run)
     assert reused and again == json.loads((run / "results.json").read_text()) and again["resumed_from"] == 2
-    # Other overrides in the same directory start afresh.
-    other, reused = train_or_reuse([*base, "train.steps=4", "seed=1"], run)
-    assert not reused and other["resumed_from"] is None
+    # Threads are not part of a run.
+    assert train_or_reuse([*base, "train.steps=4", "train.num_threads=2"], run)[1]
+    # A preset that now decays the constant rate continues the finished run into the decay ...
+    decayed, reused = train_or_reuse([*base, "train.steps=6", "train.lr_schedule=wsd", "train.decay_steps=2"], run)
+    assert not reused and decayed["resumed_from"] == 4 and decayed["steps"] == 6
+    # ... and one that changes a rate already taken, or what the run is, trains afresh.
+    for changed in (["train.lr=1e-3"], ["seed=1"]):
+        other, reused = train_or_reuse([*base, "train.steps=6", "train.lr_schedule=wsd", "train.decay_steps=2",
+                                        *changed], run)
+        assert not reused and other["resumed_from"] is None

@@ -10,7 +10,6 @@ import json
 import logging
 import math
 import time
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +26,7 @@ from diffnorm.data.sequence import SequenceDataset, training_windows
 from diffnorm.diffusion.gaussian import GaussianDiffusion
 from diffnorm.envs.maze2d import in_wall
 from diffnorm.envs.ogbench_maze import ogbench_maze_of
+from diffnorm.errors import ConfigError
 from diffnorm.experiments.common import (
     compose_job,
     require,
@@ -35,12 +35,12 @@ from diffnorm.experiments.common import (
     seed_everything,
     write_results,
 )
-from diffnorm.io import atomic_write_bytes
 from diffnorm.plotting.diffuser import loss_curve, plan_grid
 from diffnorm.training.build import build_diffusion
 from diffnorm.training.checkpoint import (
     CHECKPOINT,
     CONFIG,
+    EMA_WEIGHTS,
     SCALER,
     checkpoint_step,
     load_scaler,
@@ -58,30 +58,34 @@ JOIN_DISTANCE = 0.2
 
 # What makes two runs the same run: a resume must agree on all of it (train.steps may grow, intervals,
 # threads, progress and the GPU-only speed options may change), and on every learning rate it has taken
-# (``_check_same_rates``): a cosine run cannot be extended, a constant run can be resumed into a wsd decay.
+# (``_rate_difference``): a cosine run cannot be extended, a constant run can be resumed into a wsd decay.
 _IDENTITY = ("env", "norm", "model", "diffusion", "seed", "data_seed", "dataset", "train.batch_size",
              "train.grad_accumulation", "train.ema_decay", "train.ema_every", "train.ema_start")
 
 
 def _identity(cfg: DictConfig) -> dict[str, Any]:
+    def present(value: Any) -> Any:  # a key added since with a null default (env.ogbench) = a key a run lacks
+        return {k: present(v) for k, v in value.items() if v is not None} if isinstance(value, dict) else value
+
     identity = {}
     for key in _IDENTITY:
         value = OmegaConf.select(cfg, key)
-        identity[key] = OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
+        identity[key] = present(OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value)
     return identity
 
 
-def _check_same_rates(out: Path, saved: DictConfig, now: DictConfig) -> None:
-    """The resumed schedule must give every step the checkpoint has taken the learning rate it had."""
-    taken = checkpoint_step(out / CHECKPOINT)
+def _rate_difference(saved: DictConfig, now: DictConfig, taken: int) -> tuple[int, float, float] | None:
+    """(step, rate then, rate now) of the first of the ``taken`` steps whose learning rate the config
+    ``now`` would change, or None when every step taken so far keeps its rate."""
     before, after = schedule_of(saved.train), schedule_of(now.train)
+    if (saved.train.lr, saved.train.steps, before) == (now.train.lr, now.train.steps, after):
+        return None
     for step in range(taken):
         was = learning_rate(step, saved.train.lr, saved.train.steps, **before)
         new = learning_rate(step, now.train.lr, now.train.steps, **after)
-        require(math.isclose(was, new, rel_tol=1e-12),
-                f"train.resume=true in {out}, but the run took learning rate {was:.4g} at step {step} and the "
-                f"new settings give {new:.4g}; the learning-rate settings (train.lr, lr_schedule, steps, "
-                f"warmup_steps, decay_steps) may change only from step {taken}, the checkpoint's, on")
+        if not math.isclose(was, new, rel_tol=1e-12):
+            return step, was, new
+    return None
 
 
 def _flat(cfg: DictConfig) -> dict[str, Any]:
@@ -159,18 +163,21 @@ def cpu_preset_name(maze: str) -> str:
     return "cpu_" + maze.removeprefix("maze2d-")
 
 
-def with_device_default(cfg: DictConfig, device: torch.device) -> DictConfig:
+def with_device_default(cfg: DictConfig, device: torch.device, announce: bool = True) -> DictConfig:
     """``preset: auto`` (no ``experiment=`` given) on a CPU becomes the maze's CPU preset under the
-    caller's own settings, with one log line; on a GPU the published settings stay. Any explicit
-    ``experiment=`` (``published`` included) is kept as it is."""
+    caller's own settings, with one log line (``announce``); on a GPU the published settings stay. Any
+    explicit ``experiment=`` (``published`` included) is kept as it is."""
     if cfg.get("preset", "auto") != "auto":
         return cfg
     if device.type != "cpu":
-        log.info("%s: the Diffuser's published settings (train.steps=%d)", device, cfg.train.steps)
+        if announce:
+            log.info("%s: the Diffuser's published settings (train.steps=%d)", device, cfg.train.steps)
         return _apply(cfg, {"preset": "published"})
     preset = cpu_preset_name(cfg.env.name)
-    log.warning("CPU: training with experiment=%s, the measured CPU preset of %s (the published 2,000,000 steps "
-                "would take days here); experiment=published forces the paper's settings", preset, cfg.env.name)
+    if announce:
+        log.warning("CPU: training with experiment=%s, the measured CPU preset of %s (the published 2,000,000 "
+                    "steps would take days here); experiment=published forces the paper's settings", preset,
+                    cfg.env.name)
     base = compose_job("train_diffuser", [f"env={env_option_of(cfg.env)}", f"experiment={preset}"])
     return _apply(base, explicit_settings(cfg))
 
@@ -184,7 +191,13 @@ def _check_resume_matches(out: Path, cfg: DictConfig) -> TrajectoryScaler:
     diff = [f"{k}: run {saved.get(k)} vs now {now.get(k)}" for k in sorted(set(saved) | set(now))
             if saved.get(k) != now.get(k)]
     require(not diff, f"train.resume=true in {out}, but the config differs from the run's: {'; '.join(diff)}")
-    _check_same_rates(out, saved_cfg, cfg)
+    taken = checkpoint_step(out / CHECKPOINT)
+    changed = _rate_difference(saved_cfg, cfg, taken)
+    if changed is not None:
+        step, was, new = changed
+        raise ConfigError(f"train.resume=true in {out}, but the run took learning rate {was:.4g} at step {step} and "
+                          f"the new settings give {new:.4g}; the learning-rate settings (train.lr, lr_schedule, "
+                          f"steps, warmup_steps, decay_steps) may change only from step {taken}, the checkpoint's, on")
     return load_scaler(json.loads((out / SCALER).read_text()))
 
 
@@ -311,35 +324,44 @@ def train_diffuser(cfg: DictConfig, out: Path) -> dict[str, Any]:
     return results
 
 
-# Written beside a training made by ``train_or_reuse``: the overrides it was composed with. (The name is
-# the stitching study's, where the rule began; runs made since keep being found.)
-REUSE_MARKER = "study_overrides.json"
-STARTED_MARKER = "study_overrides.started.json"
-
-
-def train_or_reuse(overrides: list[str], out: Path, runtime: Sequence[str] = ()) -> tuple[dict[str, Any], bool]:
-    """(results, reused): ``train_diffuser`` composed with ``overrides`` into ``out``, unless ``out`` holds
-    a finished training (results.json and ema.safetensors) made with exactly these overrides, whose
-    results are returned instead. A training these overrides started there and that stopped part-way
-    (a checkpoint, no results) continues from its checkpoint (``train.resume=true``). The one reuse rule
-    of the jobs that train sub-runs, so a study that stopped part-way, or is rerun for new evaluations or
-    figures, trains only what is missing, across sessions. ``runtime`` overrides change how, not what, is
-    trained (e.g. ``train.num_threads``, which a resume may change too): they are applied but not
-    recorded, so a rerun with other runtime settings still reuses or continues the run."""
+def train_or_reuse(overrides: list[str], out: Path) -> tuple[dict[str, Any], bool]:
+    """(results, reused): the training ``overrides`` describe (``train_diffuser``'s config composed from
+    them, with the device's preset, ``with_device_default``), in ``out``. The run already there is judged
+    by its saved config, not by how it was asked for: a finished run that is this training (the same
+    identity, steps and learning rates) is reused; a run that agrees with it so far (the same identity and
+    every learning rate its checkpoint has taken, e.g. one a session stopped, or a constant-rate run a
+    preset now extends or decays) continues from its checkpoint; anything else trains afresh. The one
+    reuse rule of the jobs that train sub-runs, so a study that stopped part-way, or is rerun for new
+    evaluations or figures, trains only what is missing, across sessions, and never mixes in a planner
+    that a changed preset would train differently. Settings outside a run's identity (threads, progress,
+    intervals) may differ."""
     out = Path(out)
-    marker, started = out / REUSE_MARKER, out / STARTED_MARKER
-    finished = (out / "results.json").is_file() and (out / "ema.safetensors").is_file()
-    if finished and marker.is_file() and json.loads(marker.read_text()) == list(overrides):
+    cfg = compose_job("train_diffuser", list(overrides))
+    wanted = with_device_default(cfg, resolve_device(cfg.device), announce=False)
+    state = _run_state(out, wanted)
+    if state == "finished":
         return json.loads((out / "results.json").read_text()), True
-    resumable = (not finished and started.is_file() and json.loads(started.read_text()) == list(overrides)
-                 and (out / CHECKPOINT).is_file() and (out / CONFIG).is_file())
-    out.mkdir(parents=True, exist_ok=True)
-    marker.unlink(missing_ok=True)
-    if resumable:
-        log.info("%s: continuing the training these overrides started there", out)
-    else:
-        atomic_write_bytes(started, json.dumps(list(overrides)).encode())
-    resume = ["train.resume=true"] if resumable else []
-    results = train_diffuser(compose_job("train_diffuser", [*overrides, *runtime, *resume]), out)
-    marker.write_text(json.dumps(list(overrides)))
+    if state == "resumable":
+        log.info("%s: continuing the training found there (same run, checkpoint at step %d)", out,
+                 checkpoint_step(out / CHECKPOINT))
+        cfg = _apply(wanted, {"train.resume": True})
+    results = train_diffuser(cfg, out)
+    trained = saved_config(out)
+    require(_identity(trained) == _identity(wanted) and _rate_difference(trained, wanted, wanted.train.steps) is None,
+            f"{out}: the training there does not match the one asked for (a bug in the reuse rule; train afresh "
+            "in another directory)")
     return results, False
+
+
+def _run_state(out: Path, wanted: DictConfig) -> str | None:
+    """"finished" when ``out`` holds the run ``wanted`` trains, "resumable" when its checkpoint is that
+    run part-way, None otherwise (no run, another run, or one that went past ``wanted``'s steps)."""
+    if not all((out / name).is_file() for name in (CONFIG, SCALER, CHECKPOINT)):
+        return None
+    saved = saved_config(out)
+    taken = checkpoint_step(out / CHECKPOINT)
+    if _identity(saved) != _identity(wanted) or _rate_difference(saved, wanted, taken) is not None:
+        return None
+    if taken == wanted.train.steps and all((out / name).is_file() for name in ("results.json", EMA_WEIGHTS)):
+        return "finished"
+    return "resumable" if taken <= wanted.train.steps else None

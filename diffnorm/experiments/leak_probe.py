@@ -63,7 +63,7 @@ DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 def _train_quick(cfg: DictConfig, out: Path) -> list[Path]:
     """Train one model per ``cfg.norms`` with ``cfg.train_overrides`` (``experiment=quick`` by default);
-    a run directory that already holds a finished run of the same overrides is reused (``train_or_reuse``)."""
+    a run directory that already holds the run these overrides train is reused (``train_or_reuse``)."""
     runs = []
     overrides = [[*cfg.train_overrides, f"norm={n}"] for n in cfg.norms]
     for o in overrides:  # fail on a bad site before any training

@@ -85,17 +85,17 @@ def _evaluate_cached(out: Path, suffix: str, settings: dict[str, Any], trained_r
 
 def run_trial(overrides: list[str], run: str, maze: str, episodes_per_task: int, eval_seed: int,
               max_steps: int | None, protocol: str, device: str, benchmark: str = "maze2d",
-              extra_protocols: tuple[str, ...] = (), runtime: tuple[str, ...] = ()) -> dict[str, Any]:
+              extra_protocols: tuple[str, ...] = ()) -> dict[str, Any]:
     """Train (or reuse) one planner and evaluate it on the stitch tasks (``benchmark``: maze2d = ours,
     ogbench = OGBench's) with the study's ``protocol`` and each of ``extra_protocols`` (``Protocol`` names);
     top-level for worker processes.
 
-    A run is reused when it finished (results.json and weights present) with the same overrides, and each
-    evaluation when it was made with the same settings. Returns the main protocol's metrics with the
-    others under ``extra_protocols`` (by name). ``runtime``: ``train_or_reuse``'s unrecorded overrides."""
+    A training is reused or continued by ``train_or_reuse``'s rule, and each evaluation is reused when it
+    was made with the same settings. Returns the main protocol's metrics with the
+    others under ``extra_protocols`` (by name)."""
 
     out = Path(run)
-    training, reused = train_or_reuse(overrides, out, runtime)
+    training, reused = train_or_reuse(overrides, out)
 
     def settings(name: str) -> dict[str, Any]:
         return {"benchmark": benchmark, "episodes_per_task": episodes_per_task, "eval_seed": eval_seed,
@@ -236,12 +236,12 @@ def stitching_study(cfg: DictConfig, out: Path) -> dict[str, Any]:
     dataset = [f"dataset={data_path}"] if train_data == "stitch" else [f"data_dir={data_dir}"]
     # Side by side, each training gets one thread, whatever its preset asks for: two trainings of two
     # OpenMP threads each on two cores wait on each other and run several times slower than one at a time.
-    runtime = ("train.num_threads=1",) if cfg.workers > 1 and len(grid) > 1 else ()
-    jobs = [{"overrides": env_override + train_overrides + [f"norm={n}", f"seed={s}"] + dataset,
+    # (Threads are not part of a run: train_or_reuse still finds the runs a one-worker study made.)
+    threads = ["train.num_threads=1"] if cfg.workers > 1 and len(grid) > 1 else []
+    jobs = [{"overrides": env_override + train_overrides + [f"norm={n}", f"seed={s}"] + dataset + threads,
              "run": str(runs_dir / n / f"seed{s}"), "maze": maze, "episodes_per_task": cfg.episodes_per_task,
              "eval_seed": cfg.eval_seed, "max_steps": max_steps, "protocol": protocol.name,
-             "device": cfg.device, "benchmark": benchmark, "extra_protocols": tuple(names[1:]),
-             "runtime": runtime} for n, s in grid]
+             "device": cfg.device, "benchmark": benchmark, "extra_protocols": tuple(names[1:])} for n, s in grid]
     tic = time.perf_counter()
     trials = map_trials(run_trial, jobs, cfg.workers, "train + evaluate")
     timings["train_and_evaluate"] = round(time.perf_counter() - tic, 1)
