@@ -439,6 +439,17 @@ def _check_norm(norm: Any, channels: list[int]) -> None:
                               f"{' '.join(str(err).split())}") from None
 
 
+def check_schedule(train: dict) -> None:
+    """The learning-rate schedule's rules (``train_diffuser``'s train settings as a dict); a resumed run's
+    are checked by the job once its saved config and the given settings are merged."""
+    if train["lr_schedule"] == "wsd" and not 1 <= train["decay_steps"] <= train["steps"] - train["warmup_steps"]:
+        raise ConfigError(f"train.lr_schedule=wsd needs 1 <= train.decay_steps <= train.steps - train.warmup_steps "
+                          f"= {train['steps'] - train['warmup_steps']}, got {train['decay_steps']}")
+    if train["lr_schedule"] != "wsd" and train["decay_steps"]:
+        raise ConfigError(f"train.decay_steps={train['decay_steps']} is used only by train.lr_schedule=wsd "
+                          f"(the schedule is {train['lr_schedule']})")
+
+
 def _check_train_diffuser(cfg: dict) -> None:
     env, model, train, diffusion = cfg["env"], cfg["model"], cfg["train"], cfg["diffusion"]
     if env["name"] not in maze_names():
@@ -474,12 +485,9 @@ def _check_train_diffuser(cfg: dict) -> None:
                 "train.decay_steps"):
         if _get(cfg, key) < 0:
             raise ConfigError(f"{key}={_get(cfg, key)} must be >= 0")
-    if train["lr_schedule"] == "wsd" and not 1 <= train["decay_steps"] <= train["steps"] - train["warmup_steps"]:
-        raise ConfigError(f"train.lr_schedule=wsd needs 1 <= train.decay_steps <= train.steps - train.warmup_steps "
-                          f"= {train['steps'] - train['warmup_steps']}, got {train['decay_steps']}")
-    if train["lr_schedule"] != "wsd" and train["decay_steps"]:
-        raise ConfigError(f"train.decay_steps={train['decay_steps']} is read only by train.lr_schedule=wsd "
-                          f"(now {train['lr_schedule']})")
+    # On resume the schedule is the run's saved one under the given settings: checked once they are merged.
+    if not train["resume"]:
+        check_schedule(train)
     if train["tensorboard"] and importlib.util.find_spec("tensorboard") is None:
         raise ConfigError("train.tensorboard=true needs the optional 'tensorboard' package: "
                           "pip install 'diffnorm[tensorboard]'")

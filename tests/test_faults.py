@@ -98,7 +98,7 @@ def test_every_shipped_config_and_group_choice_fits_its_schema():
     ("train_diffuser", ["train.ema_decay=1.5"], "train.ema_decay=1.5 must lie in [0, 1)"),
     ("train_diffuser", ["train.lr_schedule=wsd"],
      "train.lr_schedule=wsd needs 1 <= train.decay_steps <= train.steps - train.warmup_steps = 2000000, got 0"),
-    ("train_diffuser", ["train.decay_steps=100"], "train.decay_steps=100 is read only by train.lr_schedule=wsd (now constant)"),
+    ("train_diffuser", ["train.decay_steps=100"], "train.decay_steps=100 is used only by train.lr_schedule=wsd (the schedule is constant)"),
     ("train_diffuser", ["data_dir=${nowhere}"], "config key data_dir: Interpolation key 'nowhere' not found"),
     ("localization", ["norm=group", "norm.groups=5"], "cannot normalize 32 channels"),
     ("plan_maze", ["mode=both"], "mode='both' is not one of ['single', 'multi']"),
@@ -416,10 +416,14 @@ def test_a_constant_run_resumes_into_a_wsd_decay_but_not_into_another_past(tmp_p
     straight, branch = (load_file(str(tmp_path / d / CHECKPOINT)) for d in ("straight", "branch"))
     assert straight.keys() == branch.keys() and all(torch.equal(straight[k], branch[k]) for k in straight)
     rates = [float(r.split(",")[2]) for r in (tmp_path / "branch" / "metrics.csv").read_text().splitlines()[1:]]
-    assert rates == pytest.approx([2e-4, 2e-4, 2e-4, 2e-4, 2e-4, 1e-4])  # steps 0-5: stable, then the decay
-    with pytest.raises(ConfigError, match="took learning rate 0.0001 at step 5 and the new settings give 0.0002"):
+    assert rates == pytest.approx([2e-4, 2e-4, 2e-4, 2e-4, 2e-4 * 2 / 3, 2e-4 / 3])  # stable, then 2 decay steps
+    with pytest.raises(ConfigError, match=r"its step 5 \(as metrics.csv counts\) took 0.0001333, they give 0.0002"):
         train_diffuser(train_cfg(data_dir, "train.steps=8", "train.lr_schedule=wsd", "train.decay_steps=2",
                                  "train.resume=true", *common), tmp_path / "branch")
+    # A resume names only what it gives: the saved schedule (wsd) is the one its decay_steps belong to.
+    res = train_diffuser(train_cfg(data_dir, "train.steps=6", "train.decay_steps=2", "train.resume=true", *common),
+                         tmp_path / "straight")
+    assert res["resumed_from"] == 6 and res["steps"] == 6
 
 
 def test_sigint_writes_a_final_checkpoint_and_exits_cleanly(tmp_path, data_dir):

@@ -175,7 +175,7 @@ def test_cosine_schedule_with_warmup_sets_each_steps_learning_rate(tmp_path):
         pytest.approx([0.5, 1.0, 1.0, 0.5, 0.0])
     assert learning_rate(7, 2e-4, 10) == 2e-4
     assert [learning_rate(s, 1.0, 10, "wsd", decay_steps=4) for s in (0, 5, 6, 7, 9)] == \
-        pytest.approx([1.0, 1.0, 1.0, 0.75, 0.25])
+        pytest.approx([1.0, 1.0, 0.8, 0.6, 0.2])
     run(tiny_cfg(steps=6, lr_schedule="cosine", warmup_steps=0, log_every=2), tmp_path)
     lrs = [float(r.split(",")[2]) for r in (tmp_path / METRICS).read_text().strip().splitlines()[1:]]
     assert lrs == pytest.approx([learning_rate(s, 1e-3, 6, "cosine") for s in (1, 3, 5)])
@@ -507,8 +507,12 @@ def test_train_or_reuse_judges_the_run_by_its_saved_config(tmp_path):
     # A preset that now decays the constant rate continues the finished run into the decay ...
     decayed, reused = train_or_reuse([*base, "train.steps=6", "train.lr_schedule=wsd", "train.decay_steps=2"], run)
     assert not reused and decayed["resumed_from"] == 4 and decayed["steps"] == 6
-    # ... and one that changes a rate already taken, or what the run is, trains afresh.
+    # ... and one that changes a rate already taken, or what the run is, trains afresh, without the old
+    # run's snapshots or sample figures.
+    (run / "snapshots").mkdir(exist_ok=True)
+    (run / "snapshots" / "step_0000006.safetensors").write_bytes(b"the replaced run's")
     for changed in (["train.lr=1e-3"], ["seed=1"]):
         other, reused = train_or_reuse([*base, "train.steps=6", "train.lr_schedule=wsd", "train.decay_steps=2",
                                         *changed], run)
         assert not reused and other["resumed_from"] is None
+        assert not (run / "snapshots").exists()

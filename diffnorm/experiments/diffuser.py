@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,7 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from diffnorm.config import validate_config
+from diffnorm.config import check_schedule, validate_config
 from diffnorm.data.generate import ensure_dataset
 from diffnorm.data.ogbench_stitch import ensure_ogbench_stitch_dataset
 from diffnorm.data.scaling import TrajectoryScaler
@@ -42,6 +43,7 @@ from diffnorm.training.checkpoint import (
     CONFIG,
     EMA_WEIGHTS,
     SCALER,
+    SNAPSHOTS,
     checkpoint_step,
     load_scaler,
     write_run_files,
@@ -195,9 +197,10 @@ def _check_resume_matches(out: Path, cfg: DictConfig) -> TrajectoryScaler:
     changed = _rate_difference(saved_cfg, cfg, taken)
     if changed is not None:
         step, was, new = changed
-        raise ConfigError(f"train.resume=true in {out}, but the run took learning rate {was:.4g} at step {step} and "
-                          f"the new settings give {new:.4g}; the learning-rate settings (train.lr, lr_schedule, "
-                          f"steps, warmup_steps, decay_steps) may change only from step {taken}, the checkpoint's, on")
+        raise ConfigError(f"train.resume=true in {out}, but the new settings change a learning rate the run has "
+                          f"used: its step {step + 1} (as metrics.csv counts) took {was:.4g}, they give {new:.4g}; "
+                          f"train.lr, lr_schedule, steps, warmup_steps and decay_steps may change only what "
+                          f"steps after {taken} (the checkpoint's) would take")
     return load_scaler(json.loads((out / SCALER).read_text()))
 
 
@@ -283,6 +286,11 @@ def train_diffuser(cfg: DictConfig, out: Path) -> dict[str, Any]:
     device = resolve_device(cfg.device)
     cfg = resume_config(cfg, out) if cfg.train.resume else with_device_default(cfg, device)
     validate_config("train_diffuser", cfg)
+    if cfg.train.resume:
+        try:
+            check_schedule(OmegaConf.to_container(cfg.train, resolve=True))
+        except ConfigError as err:
+            raise ConfigError(f"resuming {out} (its saved config.yaml under the given settings): {err}") from None
     _configure_threads(cfg)
     # Under torchrun (WORLD_SIZE > 1): join the process group; rank 0 alone generates data and writes files.
     dist, device = init_distributed(device)
@@ -295,6 +303,10 @@ def train_diffuser(cfg: DictConfig, out: Path) -> dict[str, Any]:
     if dist.is_main:
         barrier()
         write_run_files(out, cfg, dataset.scaler)  # on resume: same scaler, config updated (e.g. train.steps)
+    if dist.is_main and not cfg.train.resume:
+        for stale in (out / SNAPSHOTS, out / "samples"):  # a replaced run's, never to be mixed with this one's
+            if stale.is_dir():
+                shutil.rmtree(stale)
     sampler = PlanSampler(cfg, dataset, out)
     n_params = sum(p.numel() for p in diffusion.parameters())
     log.info("%s with norm=%s: %d parameters, device %s, %d torch threads", cfg.model.name, cfg.norm.name,
@@ -339,6 +351,9 @@ def train_or_reuse(overrides: list[str], out: Path) -> tuple[dict[str, Any], boo
     cfg = compose_job("train_diffuser", list(overrides))
     wanted = with_device_default(cfg, resolve_device(cfg.device), announce=False)
     state = _run_state(out, wanted)
+    if state is None and (out / CHECKPOINT).is_file():
+        log.warning("%s holds another training than the one asked for (other settings, or a preset changed "
+                    "since): training afresh there", out)
     if state == "finished":
         return json.loads((out / "results.json").read_text()), True
     if state == "resumable":

@@ -157,8 +157,8 @@ def learning_rate(step: int, lr: float, total: int, schedule: str = "constant", 
     """The learning rate of optimizer step ``step`` (0-based) of ``total``: a linear warmup from lr /
     warmup_steps to ``lr`` over the first ``warmup_steps`` steps, then ``constant`` (the Diffuser's), a
     ``cosine`` decay to 0 at ``total`` (Loshchilov & Hutter 2017, without restarts), or ``wsd``
-    (warmup-stable-decay; Hägele et al. 2024): constant, then a linear decay to 0 over the last
-    ``decay_steps`` steps. Until its decay a ``wsd`` run takes a constant run's rates, so a constant run's
+    (warmup-stable-decay; Hägele et al. 2024): constant, then a linear decay towards 0 at ``total`` over
+    the last ``decay_steps`` = N steps, which take lr N/(N+1), ..., lr 1/(N+1). Until its decay a ``wsd`` run takes a constant run's rates, so a constant run's
     checkpoint can be resumed into a decay at any step. A pure function of the step, so a resumed run
     follows the same schedule without saving scheduler state.
 
@@ -173,7 +173,7 @@ def learning_rate(step: int, lr: float, total: int, schedule: str = "constant", 
     if schedule == "constant":
         return lr
     if schedule == "wsd":
-        return lr * min(1.0, (total - step) / decay_steps)
+        return lr * min(1.0, (total - step) / (decay_steps + 1))
     progress = (step - warmup_steps) / max(total - warmup_steps, 1)
     return 0.5 * lr * (1.0 + math.cos(math.pi * min(progress, 1.0)))
 
