@@ -91,8 +91,8 @@ def run_trial(overrides: list[str], run: str, maze: str, episodes_per_task: int,
     top-level for worker processes.
 
     A training is reused or continued by ``train_or_reuse``'s rule, and each evaluation is reused when it
-    was made with the same settings. Returns the main protocol's metrics with the
-    others under ``extra_protocols`` (by name)."""
+    was made with the same settings. Returns the main protocol's metrics with the others under
+    ``extra_protocols`` (by name)."""
 
     out = Path(run)
     training, reused = train_or_reuse(overrides, out)

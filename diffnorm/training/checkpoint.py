@@ -118,17 +118,21 @@ def list_snapshots(run_dir: Path) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
+def _metadata(path: Path) -> dict[str, str]:
+    """A checkpoint, EMA or snapshot file's metadata, without reading its tensors."""
+    with safe_open(str(path), framework="pt") as f:
+        return dict(f.metadata() or {})
+
+
 def checkpoint_step(path: Path) -> int:
     """The optimizer steps a checkpoint, EMA or snapshot file has taken (from its metadata)."""
-    with safe_open(str(path), framework="pt") as f:
-        return int((f.metadata() or {})["step"])
+    return int(_metadata(path)["step"])
 
 
 def training_seconds(path: Path) -> float | None:
     """The training seconds recorded in a checkpoint, EMA or snapshot file (None for files written
     before the count existed)."""
-    with safe_open(str(path), framework="pt") as f:
-        value = (f.metadata() or {}).get("train_seconds")
+    value = _metadata(path).get("train_seconds")
     return float(value) if value is not None else None
 
 

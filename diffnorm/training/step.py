@@ -158,9 +158,10 @@ def learning_rate(step: int, lr: float, total: int, schedule: str = "constant", 
     warmup_steps to ``lr`` over the first ``warmup_steps`` steps, then ``constant`` (the Diffuser's), a
     ``cosine`` decay to 0 at ``total`` (Loshchilov & Hutter 2017, without restarts), or ``wsd``
     (warmup-stable-decay; Hägele et al. 2024): constant, then a linear decay towards 0 at ``total`` over
-    the last ``decay_steps`` = N steps, which take lr N/(N+1), ..., lr 1/(N+1). Until its decay a ``wsd`` run takes a constant run's rates, so a constant run's
-    checkpoint can be resumed into a decay at any step. A pure function of the step, so a resumed run
-    follows the same schedule without saving scheduler state.
+    the last ``decay_steps`` = N steps, which take lr N/(N+1), ..., lr 1/(N+1). Until its decay a ``wsd``
+    run takes a constant run's rates, so a constant run's checkpoint can be resumed into a decay at any
+    step. A pure function of the step, so a resumed run follows the same schedule without saving
+    scheduler state.
 
     Raises ValueError for an unknown schedule, or ``wsd`` without decay steps.
     """
