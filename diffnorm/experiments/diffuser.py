@@ -355,6 +355,7 @@ def train_or_reuse(overrides: list[str], out: Path) -> tuple[dict[str, Any], boo
         log.warning("%s holds another training than the one asked for (other settings, or a preset changed "
                     "since): training afresh there", out)
     if state == "finished":
+        log.info("%s: reusing the finished training there", out)
         return json.loads((out / "results.json").read_text()), True
     if state == "resumable":
         log.info("%s: continuing the training found there (same run, checkpoint at step %d)", out,

@@ -72,7 +72,11 @@ def _evaluate_cached(out: Path, suffix: str, settings: dict[str, Any], trained_r
     reused = bool(trained_reused and marker.is_file() and json.loads(marker.read_text()) == settings
                   and eval_file.is_file() and arrays_file.is_file())
     if reused:
+        log.info("%s: reusing its %s evaluation", out, settings["protocol"])
         return json.loads(eval_file.read_text()), True
+    # Side-by-side workers log into one file: each line names its run.
+    log.info("%s: evaluating with protocol %s (%d episodes per task)", out, settings["protocol"],
+             settings["episodes_per_task"])
     marker.unlink(missing_ok=True)
     evaluate = evaluate_on_ogbench_tasks if settings["benchmark"] == "ogbench" else evaluate_on_tasks
     metrics, arrays = evaluate(out, maze, settings["episodes_per_task"], settings["eval_seed"], settings["max_steps"],

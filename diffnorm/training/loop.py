@@ -220,7 +220,7 @@ def train_diffusion(diffusion: GaussianDiffusion, dataset: Sequence[dict[str, An
         start = load_training_state(out, run_cfg, diffusion.model, ema.average.model, optimizer)
         before = training_seconds(out / CHECKPOINT) or 0.0
         require(start <= total, f"the checkpoint in {out} is at step {start}, beyond train.steps={total}")
-        log.info("resumed from %s at step %d (%.0f s trained before)", out / CHECKPOINT, start, before)
+        log.info("resumed from %s at step %d (%.1f s trained before)", out / CHECKPOINT, start, before)
     snapshot_every = int(cfg.get("snapshot_every", 0))
     metrics_path = out / METRICS
     rows: list[dict[str, Any]] = _read_metrics(metrics_path, start) if cfg.resume else []
