@@ -120,12 +120,13 @@ def leak_scatter(path: Path, leaks: dict[str, dict[str, Any]], key: str, outcome
     coloured by norm, Pearson's r over all planners in the title."""
     labels = {"success_rate": "stitch-task success rate", "plan_connected": "connected t = 0 plans"}
     fig, axes = plt.subplots(1, len(leaks), figsize=(0.8 + 3.4 * len(leaks), 3.6), squeeze=False)
-    colors = plt.get_cmap("tab10")
+    # One colour per norm across all panels, so panels with different norm sets read alike.
+    all_norms = sorted({r["norm"] for leak in leaks.values() for r in leak["planners"]})
+    colors = {n: plt.get_cmap("tab10")(j) for j, n in enumerate(all_norms)}
     for ax, (bench, leak) in zip(axes.flat, leaks.items()):
-        norms = sorted({r["norm"] for r in leak["planners"]})
-        for j, n in enumerate(norms):
+        for n in sorted({r["norm"] for r in leak["planners"]}):
             rows = [r for r in leak["planners"] if r["norm"] == n and key in r]
-            ax.scatter([r[key] for r in rows], [r[outcome] for r in rows], color=colors(j), label=n, s=18)
+            ax.scatter([r[key] for r in rows], [r[outcome] for r in rows], color=colors[n], label=n, s=18)
         c = leak["correlation"][outcome][key]["all_planners"]
         r_text = "r undefined" if c["r"] is None else f"r = {c['r']:+.2f} [{c['ci95'][0]:+.2f}, {c['ci95'][1]:+.2f}]"
         ax.set_title(f"{bench}, H = {leak['horizon']}: {r_text}", fontsize=8)
