@@ -35,18 +35,21 @@ def study_and_leak(tmp_path_factory):
                                           f"data_dir={root / 'data'}", "protocols=[replan_4]"])
     study = root / "study"
     stitching_study(cfg, study)
-    runs = ",".join(str(study / "runs" / n / f"seed{s}") for n in ("none", "group") for s in range(4))
-    leak = root / "leak"
-    leak_probe(compose_job("leak_probe", [f"checkpoints=[{runs}]", *PROBE]), leak)
-    return root, study, leak
+    # Two probes of different planners (as when a norm is probed after the others): the answer merges them.
+    leaks = []
+    for norm in ("none", "group"):
+        runs = ",".join(str(study / "runs" / norm / f"seed{s}") for s in range(4))
+        leaks.append(root / f"leak_{norm}")
+        leak_probe(compose_job("leak_probe", [f"checkpoints=[{runs}]", *PROBE]), leaks[-1])
+    return root, study, leaks
 
 
 def test_answer_summary_contract_and_leak(study_and_leak, script):
-    root, study, leak = study_and_leak
+    root, study, (leak_none, leak_group) = study_and_leak
     summary = root / "answer.json"
     summary.write_text(json.dumps({"some-other-benchmark": {"horizon": 1}}))  # kept by the merge
     run = root / "answer_run"
-    proc = script("stitching_answer", f"studies={{tiny-stitch: {study}}}", f"leak_probes={{tiny-stitch: {leak}}}",
+    proc = script("stitching_answer", f"studies={{tiny-stitch: {study}}}", f"leak_probes={{tiny-stitch: [{leak_none},{leak_group}]}}",
                   f"summary={summary}", run_dir=run)
     assert proc.returncode == 0, proc.stderr[-3000:]
     written = json.loads(summary.read_text())
@@ -88,11 +91,25 @@ def test_correlation_matches_its_definition():
 
 
 def test_bad_input(study_and_leak, tmp_path):
-    _, study, leak = study_and_leak
+    _, study, (leak, _) = study_and_leak
     with pytest.raises(ConfigError, match="name no study"):
         stitching_answer(compose_job("stitching_answer", [f"studies={{a: {study}}}", f"leak_probes={{b: {leak}}}"]),
                          tmp_path / "x")
+    with pytest.raises(ConfigError, match="none seed 0 .* is measured twice"):
+        stitching_answer(compose_job("stitching_answer", [f"studies={{a: {study}}}", f"leak_probes={{a: [{leak},{leak}]}}"]),
+                         tmp_path / "w")
+    with pytest.raises(ConfigError, match="leak_probes.a is empty"):
+        stitching_answer(compose_job("stitching_answer", [f"studies={{a: {study}}}", "leak_probes={a: []}"]),
+                         tmp_path / "v")
     with pytest.raises(ConfigError, match="not a finished stitching_study run directory"):
         stitching_answer(compose_job("stitching_answer", [f"studies={{a: {tmp_path}}}"]), tmp_path / "y")
     with pytest.raises(ConfigError, match="give studies="):
         stitching_answer(compose_job("stitching_answer", []), tmp_path / "z")
+
+
+def test_one_probe_directory(study_and_leak, tmp_path):
+    _, study, (leak_none, _) = study_and_leak
+    res = stitching_answer(compose_job("stitching_answer", [f"studies={{a: {study}}}", f"leak_probes={{a: {leak_none}}}"]),
+                           tmp_path / "one")
+    assert res["leak"]["a"]["runs"] == [str(leak_none)]
+    assert sorted((p["norm"], p["seed"]) for p in res["leak"]["a"]["planners"]) == [("none", s) for s in range(4)]

@@ -5,8 +5,9 @@ summary ``{benchmark: {norm: {...}, "horizon", "receptive_field", "beyond_rf"}}`
 Nothing is trained or evaluated here: each benchmark is a ``stitching_study`` run directory, named by the
 key it gets in the answer (``maze2d-umaze-stitch``, a control such as ``maze2d-umaze-stitch-ceiling``).
 A study evaluated with more protocols (``protocols``) adds one entry per protocol, keyed
-``<key>-<protocol>`` (e.g. ``maze2d-umaze-stitch-open_loop``). A leak probe of the study's planners (``leak_probe.py checkpoints=[<study>/runs/...]``)
-adds each planner's leak beside its stitching success and their correlation across planners.
+``<key>-<protocol>`` (e.g. ``maze2d-umaze-stitch-open_loop``). A leak probe of the study's planners (``leak_probe.py checkpoints=[<study>/runs/...]``),
+or several probes of different planners of it (a norm or seeds added later), adds each planner's leak beside its
+stitching success and their correlation across planners.
 """
 
 from __future__ import annotations
@@ -61,16 +62,23 @@ def answer_entry(study: dict[str, Any], block: dict[str, Any], baseline: str) ->
     return entry
 
 
-def leak_by_planner(leak: dict[str, Any]) -> dict[tuple[str, int], dict[str, float]]:
-    """(norm, seed) -> the leak probe's numbers for that planner; norm and seed are read from the run's
-    saved config, so the planners may be given to the probe in any order."""
-    out = {}
-    for label, model in leak["models"].items():
-        path = Path(model["checkpoint"])
-        run = path if path.is_dir() else path.parent
-        cfg = OmegaConf.load(run / "config.yaml")
-        row = leak["comparison"][label]
-        out[(cfg.norm.name, cfg.seed)] = {k: float(row[k]) for k in LEAK_KEYS if k in row}
+def leak_by_planner(leaks: list[tuple[Path, dict[str, Any]]]) -> dict[tuple[str, int], dict[str, float]]:
+    """(norm, seed) -> the leak numbers of that planner, from one or more leak-probe results (each with its
+    run directory); norm and seed are read from each run's saved config, so the planners may be given in any
+    order. Raises ConfigError for a planner measured by two probes or probes at different horizons."""
+    horizons = {str(run): leak["horizon"] for run, leak in leaks}
+    require(len(set(horizons.values())) <= 1, f"the leak probes measured different horizons: {horizons}")
+    out: dict[tuple[str, int], dict[str, float]] = {}
+    for leak_run, leak in leaks:
+        for label, model in leak["models"].items():
+            path = Path(model["checkpoint"])
+            run = path if path.is_dir() else path.parent
+            cfg = OmegaConf.load(run / "config.yaml")
+            key = (cfg.norm.name, cfg.seed)
+            require(key not in out, f"planner {key[0]} seed {key[1]} ({run}) is measured twice; the second time "
+                    f"by {leak_run}")
+            row = leak["comparison"][label]
+            out[key] = {k: float(row[k]) for k in LEAK_KEYS if k in row}
     return out
 
 
@@ -86,10 +94,9 @@ def correlation(x: list[float], y: list[float], confidence: float = 0.95) -> dic
             "n": n}
 
 
-def _leak_rows(study: dict[str, Any], leak: dict[str, Any]) -> dict[str, Any]:
+def _leak_rows(study: dict[str, Any], by_planner: dict[tuple[str, int], dict[str, float]]) -> dict[str, Any]:
     """Per planner: stitching outcomes and leak; their correlations across all planners and within each
     norm (``correlation[outcome][leak key][scope]``)."""
-    by_planner = leak_by_planner(leak)
     rows = []
     for norm, seeds in study["runs"].items():
         for seed, run in seeds.items():
@@ -146,10 +153,12 @@ def stitching_answer(cfg: DictConfig, out: Path) -> dict[str, Any]:
             entries[name] = answer_entry(study, block, baseline)
             summaries[name] = block["summary"]
         if key in leak_cfg:
-            leak_dir = resolve_path(str(leak_cfg[key]))
-            leak = _read_results(leak_dir, "leak_probe")
-            leaks[key] = {"run": str(leak_dir), "horizon": leak["horizon"],
-                          **_leak_rows(study, leak)}
+            given = leak_cfg[key]
+            leak_dirs = [resolve_path(str(d)) for d in ([given] if isinstance(given, str) else given)]
+            require(bool(leak_dirs), f"leak_probes.{key} is empty; give a leak_probe run directory or a list of them")
+            probes = [(d, _read_results(d, "leak_probe")) for d in leak_dirs]
+            leaks[key] = {"runs": [str(d) for d in leak_dirs], "horizon": probes[0][1]["horizon"],
+                          **_leak_rows(study, leak_by_planner(probes))}
     figures = {"success_png": answer_bars(out / "success.png", entries, summaries, baseline)}
     if leaks:
         for outcome in OUTCOMES:
