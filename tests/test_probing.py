@@ -1,13 +1,16 @@
+import warnings
+
 import numpy as np
 import pytest
 import torch
+from scipy import stats
 from scipy.stats import ttest_ind
 
 from diffnorm.experiments.common import ConfigError
 from diffnorm.models.norms import norm_factory
 from diffnorm.probing.hooks import record_activations
 from diffnorm.probing.probes import BatchedMLP, SiteProbes
-from diffnorm.probing.stats import localization_distance, localized_indices
+from diffnorm.probing.stats import localization_distance, localized_indices, seed_interval, welch_difference
 from diffnorm.toy.localization import LocalizationCNN
 
 
@@ -34,6 +37,23 @@ def test_localized_indices_agrees_with_scipy_welch():
 def test_constant_predictions_are_not_localized():
     preds = np.zeros((50, 5))
     assert not localized_indices(preds).any()
+
+
+def test_welch_difference_with_constant_samples():
+    # Every seed at 80 %: the mean of identical floats is not exactly 0.8, so a std test misses it.
+    a, b = [0.8] * 3, [0.3, 0.5, 0.6]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no precision-loss warning reaches the user
+        one = welch_difference(a, b)
+        both = welch_difference(a, [0.5] * 3)
+        interval = seed_interval(a)
+    # One constant sample: Welch's interval is the other sample's one-sample t-interval.
+    se = np.std(b, ddof=1) / np.sqrt(3)
+    half = stats.t.ppf(0.975, 2) * se
+    assert one["difference"] == pytest.approx(0.8 - np.mean(b))
+    assert [one["ci_low"], one["ci_high"]] == pytest.approx([one["difference"] - half, one["difference"] + half])
+    assert both["ci_low"] == both["ci_high"] == pytest.approx(0.3) and np.isnan(both["p_value"])
+    assert interval["ci_low"] == interval["ci_high"] == interval["mean"]
 
 
 def test_localization_distance():

@@ -3,6 +3,7 @@ difference of two samples; and the comparison of norms across training seeds (me
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import numpy as np
@@ -61,10 +62,16 @@ def welch_difference(a: list[float] | np.ndarray, b: list[float] | np.ndarray, c
     zero-width interval at their difference and p = nan rather than scipy's warning and nan interval.
     """
     a, b = np.asarray(a, float), np.asarray(b, float)
-    if a.std() == 0 and b.std() == 0:
+    constant = np.ptp(a) == 0, np.ptp(b) == 0  # exact: a mean of identical floats need not equal them
+    if all(constant):
         diff = float(a.mean() - b.mean())
         return {"difference": diff, "ci_low": diff, "ci_high": diff, "p_value": float("nan")}
-    test = ttest_ind(a, b, equal_var=False)
+    with warnings.catch_warnings():
+        # A constant sample (every seed at 80 %, say) has variance 0 up to rounding, which is its true
+        # value; scipy warns of precision loss for it all the same.
+        if any(constant):
+            warnings.filterwarnings("ignore", "Precision loss occurred", RuntimeWarning)
+        test = ttest_ind(a, b, equal_var=False)
     ci = test.confidence_interval(confidence)
     return {"difference": float(a.mean() - b.mean()), "ci_low": float(ci.low), "ci_high": float(ci.high),
             "p_value": float(test.pvalue)}
@@ -77,7 +84,7 @@ def seed_interval(values: list[float], confidence: float = 0.95, rate: bool = Fa
     if len(x) == 0:
         return {"mean": None, "ci_low": None, "ci_high": None, "seeds": 0}
     mean = float(x.mean())
-    if len(x) < 2 or x.std() == 0:
+    if len(x) < 2 or np.ptp(x) == 0:
         return {"mean": mean, "ci_low": mean, "ci_high": mean, "seeds": len(x)}
     half = float(stats.t.ppf(0.5 + confidence / 2, len(x) - 1) * x.std(ddof=1) / np.sqrt(len(x)))
     low, high = mean - half, mean + half
