@@ -331,8 +331,9 @@ def train_diffuser(cfg: DictConfig, out: Path) -> dict[str, Any]:
                   "loss_png": loss_png},
     }
     write_results(out, results)
-    log.info("final loss %.4f after %d steps; %.1f s", summary["final_loss"] or float("nan"), summary["steps"],
-             results["wall_time_s"])
+    # The norm, seed and run name this line: a study's workers write one log.
+    log.info("%s norm=%s seed %d: final loss %.4f after %d steps; %.1f s", out, cfg.norm.name, cfg.seed,
+             summary["final_loss"] or float("nan"), summary["steps"], results["wall_time_s"])
     return results
 
 
