@@ -375,6 +375,14 @@ def test_unquoted_list_overrides_name_the_quoting(tmp_path):
     assert proc.returncode == 2 and line.startswith("error: cannot parse the override") and "quote list items" in line
 
 
+@pytest.mark.parametrize("job", ["stitching_study", "leak_probe", "study"])
+def test_a_bad_train_override_names_train_overrides(job, tmp_path):
+    proc = script(job, 'train_overrides=["train.lr=abc"]', f"hydra.run.dir={tmp_path / 'run'}")
+    (line,) = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and line.startswith("error: train_overrides: config key train.lr"), line
+    assert not (tmp_path / "run" / "results.json").exists()
+
+
 def test_plan_maze_on_a_dataset_file_says_it_is_not_a_run(tmp_path):
     data = tmp_path / "maze2d-umaze.hdf5"
     write_d4rl_hdf5(data, {k: np.zeros((4, *s), dtype=np.float32) for k, s in D4RL_LAYOUT.items()})

@@ -346,6 +346,15 @@ def compose_job(config_name: str, overrides: list[str]) -> DictConfig:
     return cfg
 
 
+def compose_training(overrides: list[str]) -> DictConfig:
+    """train_diffuser's config for a job that trains with its own ``train_overrides`` (plus the env and norm it
+    sets): as ``compose_job``, but a ConfigError says it came from ``train_overrides``."""
+    try:
+        return compose_job("train_diffuser", overrides)
+    except ConfigError as err:
+        raise ConfigError(f"train_overrides: {err}") from None
+
+
 def _compose(config_name: str, overrides: list[str]) -> DictConfig:
 
     if GlobalHydra.instance().is_initialized():

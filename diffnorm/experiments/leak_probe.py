@@ -41,7 +41,7 @@ from diffnorm.analysis.leak import (
 from diffnorm.analysis.receptive_field import receptive_field
 from diffnorm.experiments.common import (
     ConfigError,
-    compose_job,
+    compose_training,
     require,
     resolve_path,
     seed_everything,
@@ -67,7 +67,7 @@ def _train_quick(cfg: DictConfig, out: Path) -> list[Path]:
     runs = []
     overrides = [[*cfg.train_overrides, f"norm={n}"] for n in cfg.norms]
     for o in overrides:  # fail on a bad site before any training
-        _check_sites(build_diffusion(compose_job("train_diffuser", o)).model, cfg.probe.sites)
+        _check_sites(build_diffusion(compose_training(o)).model, cfg.probe.sites)
     for norm, o in zip(cfg.norms, overrides):
         run = out / "train" / str(norm)
         _, reused = train_or_reuse(o, run)

@@ -37,7 +37,7 @@ from diffnorm.data.d4rl_format import read_attrs
 from diffnorm.data.ogbench_stitch import ensure_ogbench_stitch_dataset
 from diffnorm.data.stitch import ensure_stitch_dataset
 from diffnorm.envs.ogbench_maze import ogbench_maze_of
-from diffnorm.experiments.common import compose_job, require, resolve_path, write_results
+from diffnorm.experiments.common import compose_training, require, resolve_path, write_results
 from diffnorm.experiments.diffuser import env_option_of, train_or_reuse
 from diffnorm.experiments.parallel import map_trials
 from diffnorm.planning.rollout import Protocol
@@ -200,7 +200,7 @@ def stitching_study(cfg: DictConfig, out: Path) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     env_override = [f"env={env_option(cfg)}"]
     train_overrides = [str(o) for o in cfg.train_overrides]
-    probe = compose_job("train_diffuser", env_override + train_overrides + [f"norm={norms[0]}"])
+    probe = compose_training(env_override + train_overrides + [f"norm={norms[0]}"])
     maze, horizon = probe.env.name, probe.env.horizon
     og = OmegaConf.select(probe, "env.ogbench")
     require(og is None or og.controller == "kinematic",

@@ -15,7 +15,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from diffnorm.config import job_function
-from diffnorm.experiments.common import compose_job, write_results
+from diffnorm.experiments.common import compose_job, compose_training, write_results
 from diffnorm.experiments.parallel import map_trials
 from diffnorm.plotting.grid import image_grid
 from diffnorm.probing.stats import welch_difference
@@ -46,7 +46,7 @@ def study(cfg: DictConfig, out: Path) -> dict[str, Any]:
         return result
 
     env = [f"env={cfg.env}"]
-    train_cfg = compose_job("train_diffuser", env + list(cfg.train_overrides))
+    train_cfg = compose_training(env + list(cfg.train_overrides))
     data_overrides = env + [f"steps={train_cfg.env.dataset_steps}", f"seed={train_cfg.data_seed}",
                             f"data_dir={train_cfg.data_dir}", "progress=false"]
     data = stage("data", run_composed, "make_maze_dataset", data_overrides, str(out / "data"))
