@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -460,6 +461,32 @@ def test_cpu_default_is_the_mazes_cpu_preset_under_the_callers_settings(caplog):
     assert gpu.preset == "published" and gpu.train.steps == 77 and gpu.model.dim == 32
     published = compose_job("train_diffuser", ["experiment=published"])
     assert with_device_default(published, torch.device("cpu")).train.steps == 2_000_000
+
+
+def test_cpu_default_from_the_command_line_is_as_if_the_preset_were_named(caplog):
+    """`train_diffuser.py env=maze2d_medium ...` on a CPU trains exactly `experiment=cpu_medium ...`: a
+    group named on the command line (even at its default) does not bring back the group's own settings
+    over the preset's, and a key named there wins over the preset."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.hydra_config import HydraConfig
+
+    from diffnorm.experiments.common import compose_job
+    from diffnorm.experiments.diffuser import with_device_default
+
+    line = ["env=maze2d_medium", "model=temporal_unet", "norm=none", "train.lr=2e-4"]
+    configs = Path(__file__).resolve().parents[1] / "configs"
+    try:
+        with initialize_config_dir(config_dir=str(configs), version_base=None):
+            HydraConfig.instance().set_config(compose("train_diffuser", overrides=line, return_hydra_config=True))
+            with caplog.at_level(logging.WARNING):
+                cpu = with_device_default(compose_job("train_diffuser", line), torch.device("cpu"))
+            named = compose_job("train_diffuser", [*line, "experiment=cpu_medium"])
+    finally:
+        HydraConfig.instance().cfg = None  # no other test may see this command line
+    assert "CPU: training with experiment=cpu_medium" in caplog.text
+    assert OmegaConf.to_container(cpu) == OmegaConf.to_container(named)
+    assert (cpu.env.n_diffusion_steps, cpu.env.dataset_steps, cpu.model.dim) == (32, 150_000, 16)
+    assert (cpu.norm.name, cpu.train.lr) == ("none", 2e-4)
 
 
 def test_resume_as_printed_continues_the_run_with_its_own_config(script, tmp_path, data_dir):

@@ -114,14 +114,13 @@ def env_option_of(env: DictConfig) -> str:
     return name.replace("-", "_")
 
 
-def _command_line_keys() -> set[str]:
-    """The keys and config groups named on train_diffuser's command line (``norm=group`` names ``norm``)
-    when this process runs that script; empty otherwise (in-process callers, other jobs)."""
-
+def _command_line() -> list[str] | None:
+    """The overrides on train_diffuser's command line (``experiment=`` and ``preset=`` left out) when
+    this process runs that script; None otherwise (in-process callers, other jobs)."""
     if not HydraConfig.initialized() or HydraConfig.get().job.config_name != "train_diffuser":
-        return set()
-    keys = {o.split("=", 1)[0].lstrip("+~") for o in HydraConfig.get().overrides.task}
-    return {k for k in keys if k not in ("experiment", "preset") and not k.startswith("hydra")}
+        return None
+    return [o for o in HydraConfig.get().overrides.task
+            if o.split("=", 1)[0].lstrip("+~") not in ("experiment", "preset") and not o.startswith("hydra")]
 
 
 def explicit_settings(cfg: DictConfig) -> dict[str, Any]:
@@ -129,7 +128,7 @@ def explicit_settings(cfg: DictConfig) -> dict[str, Any]:
     from the job's defaults for its maze (overrides, presets) and, from the command line, every key or
     group named there, even at its default value."""
     defaults = _flat(compose_job("train_diffuser", [f"env={env_option_of(cfg.env)}"]))
-    named = _command_line_keys()
+    named = {o.split("=", 1)[0].lstrip("+~") for o in _command_line() or []}
     return {k: v for k, v in _flat(cfg).items()
             if k not in defaults or defaults[k] != v or any(k == n or k.startswith(n + ".") for n in named)}
 
@@ -166,9 +165,11 @@ def cpu_preset_name(maze: str) -> str:
 
 
 def with_device_default(cfg: DictConfig, device: torch.device, announce: bool = True) -> DictConfig:
-    """``preset: auto`` (no ``experiment=`` given) on a CPU becomes the maze's CPU preset under the
-    caller's own settings, with one log line (``announce``); on a GPU the published settings stay. Any
-    explicit ``experiment=`` (``published`` included) is kept as it is."""
+    """``preset: auto`` (no ``experiment=`` given) on a CPU becomes the maze's CPU preset, with one log
+    line (``announce``): from the command line exactly as if ``experiment=cpu_<maze>`` had been named
+    there (the preset over the config groups, the keys named over the preset); in-process, the preset
+    under the settings of ``cfg`` that differ from the job's defaults. On a GPU the published settings
+    stay. Any explicit ``experiment=`` (``published`` included) is kept as it is."""
     if cfg.get("preset", "auto") != "auto":
         return cfg
     if device.type != "cpu":
@@ -180,6 +181,9 @@ def with_device_default(cfg: DictConfig, device: torch.device, announce: bool = 
         log.warning("CPU: training with experiment=%s, the measured CPU preset of %s (the published 2,000,000 "
                     "steps would take days here); experiment=published forces the paper's settings", preset,
                     cfg.env.name)
+    line = _command_line()
+    if line is not None:  # exactly as if experiment=<preset> stood on the command line: the preset
+        return compose_job("train_diffuser", [*line, f"experiment={preset}"])  # overrides the groups named
     base = compose_job("train_diffuser", [f"env={env_option_of(cfg.env)}", f"experiment={preset}"])
     return _apply(base, explicit_settings(cfg))
 
