@@ -3,6 +3,7 @@ OGBench's own tasks and success signal, and the env config training and being st
 
 import numpy as np
 import pytest
+from omegaconf import OmegaConf
 
 from diffnorm.envs.ogbench_maze import OGBENCH_STEP, OGBenchFrame, make_ogbench_env, ogbench_tasks
 from diffnorm.experiments.common import ConfigError, compose_job
@@ -71,12 +72,44 @@ def test_follower_is_scored_on_ogbench_tasks_with_its_success():
     # The same follower with a planner that stays put: OGBench's success says no on every task.
     still = PlanFollower(lambda xy, goal: np.repeat(xy[:, None], 8, axis=1))
     assert evaluate_ogbench(still, MEDIUM, seed=0, max_steps=50)["success_rate"] == 0.0
-    walls = plans_in_wall_fraction(MEDIUM, [np.array([[[1.0, 1.0], [0.0, 0.0]]])], [0], np.array([3]))
+    walls = plans_in_wall_fraction(MEDIUM, [np.array([[[1.0, 1.0], [0.0, 0.0]]])], [0], [np.array([True])],
+                                   np.array([3]))
     assert walls.tolist() == [0.5]  # (0, 0) is the outer wall
+    # A round that kept an episode's plan adds nothing for it; one made after it ended neither.
+    rounds = [np.array([[[1.0, 1.0], [0.0, 0.0]]] * 2), np.array([[[1.0, 1.0], [1.0, 1.0]]] * 2)]
+    walls = plans_in_wall_fraction(MEDIUM, rounds, [0, 5], [np.array([True, True]), np.array([False, True])],
+                                   np.array([9, 9]))
+    assert walls.tolist() == [0.5, 0.25]
+
+
+def test_follower_replans_only_the_episode_its_plan_left_behind():
+    """replan_off_plan: an episode pinned in place while its plan moves on gets a new plan once it is
+    farther than d from where the plan puts it (not before the cooldown); one on its plan keeps it."""
+    from diffnorm.planning.rollout import OFF_PLAN_COOLDOWN
+
+    asked = []
+
+    def planner(xy, goal):  # a straight line along +y at the point's full speed
+        asked.append(len(xy))
+        return xy[:, None] + np.arange(64)[None, :, None] * np.array([0.0, OGBENCH_STEP])
+
+    start = np.array([[1.0, 1.0], [3.0, 1.0]])
+    follower = PlanFollower(planner, replan_off_plan=0.2)
+    xy = start.copy()
+    for step in range(2 * OFF_PLAN_COOLDOWN + 1):
+        follower(xy, xy)
+        xy[0] = follower.plans[-1][0, min(step + 1, 63)]  # episode 0 moves along its plan; episode 1 is stuck
+    assert follower.plan_steps == [0, OFF_PLAN_COOLDOWN, 2 * OFF_PLAN_COOLDOWN]
+    assert [r.tolist() for r in follower.replanned] == [[True, True], [False, True], [False, True]]
+    assert asked == [2, 1, 1]
+    np.testing.assert_array_equal(follower.plans[-1][0], follower.plans[0][0])  # episode 0 kept its plan
+    np.testing.assert_allclose(follower.plans[-1][1, 0], start[1])  # episode 1 planned from where it is
+    with pytest.raises(ConfigError, match="replan_off_plan=0 must be null or a positive distance"):
+        PlanFollower(planner, replan_off_plan=0)
 
 
 def test_env_config_trains_and_the_study_reports_per_task_success(tmp_path):
-    from diffnorm.experiments.diffuser import train_diffuser
+    from diffnorm.experiments.diffuser import train_diffuser, train_or_reuse
     from diffnorm.experiments.stitching import stitching_study
     from diffnorm.planning.planner import DiffuserPlanner
     from diffnorm.training.checkpoint import load_checkpoint
@@ -87,6 +120,13 @@ def test_env_config_trains_and_the_study_reports_per_task_success(tmp_path):
     assert cfg.diffusion.observation_dim == 2 and cfg.env.ogbench.env == "pointmaze-medium-v0"
     res = train_diffuser(cfg, tmp_path / "train")
     assert res["n_windows"] == 8 * (201 - 32 + 1) and np.isfinite(res["final_loss"])
+    # A run saved when the env config still carried the follower's replan_every is the same run.
+    saved = OmegaConf.load(tmp_path / "train" / "config.yaml")
+    saved.env.ogbench.replan_every = 32
+    OmegaConf.save(saved, tmp_path / "train" / "config.yaml")
+    again, reused = train_or_reuse(["env=ogbench_pointmaze_medium", *TRAIN, "env.ogbench.episodes=8",
+                                    f"data_dir={data_dir}"], tmp_path / "train")
+    assert reused and (again["steps"], again["final_loss"]) == (res["steps"], res["final_loss"])
     assert len(list(data_dir.glob("pointmaze-medium-ogbench-stitch-1-e8x201-seed0.hdf5"))) == 1
     planner = DiffuserPlanner(load_checkpoint(tmp_path / "train"), seed=0)
     start, goal = np.array([[1.0, 1.0]]), np.array([[3.0, 4.0]])

@@ -73,6 +73,9 @@ def _identity(cfg: DictConfig) -> dict[str, Any]:
     for key in _IDENTITY:
         value = OmegaConf.select(cfg, key)
         identity[key] = present(OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value)
+    # How a planner is evaluated is not how it is trained: OGBench runs saved with the follower's old
+    # replanning interval in their env config are the same runs as those without it.
+    (identity["env"].get("ogbench") or {}).pop("replan_every", None)
     return identity
 
 

@@ -7,9 +7,9 @@ the BFS reference it is tested with.
 
 maze2d's PD controller (``controller.py``) steers a point with momentum; OGBench's point has none: an
 action moves it by ``OGBENCH_STEP`` cells per unit (clipped), and it observes only [x, y]. So the follower
-steers straight at the next planned position (``kinematic_action``), and replans from where the point is
-every ``replan_every`` steps: OGBench's tasks take 90–400 steps, more than a 192-step plan covers when the
-goal is far, so the open loop of the maze2d protocol would rarely arrive.
+steers straight at the next planned position (``kinematic_action``), and can replan from where the point
+is every ``replan_every`` steps and/or when the point is off its plan (``replan_off_plan``), as maze2d's
+rollouts do (``planning.rollout.Protocol``).
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from diffnorm.envs.maze2d import bfs_distances, in_wall, maze_spec, xy_to_cell
 from diffnorm.envs.ogbench_maze import OGBENCH_ENVS, OGBENCH_STEP, make_ogbench_env, numpy_global_seed
 from diffnorm.errors import require
 from diffnorm.planning.planner import DiffuserPlanner, Planner
+from diffnorm.planning.rollout import OFF_PLAN_COOLDOWN, Protocol
 from diffnorm.training.checkpoint import LoadedDiffuser
 
 # policy(xy [N, 2], goal_xy [N, 2]) -> actions [N, 2], all in the D4RL frame
@@ -133,39 +134,62 @@ def oracle_policy(maze: str, speed: float = 1.0) -> Policy:
 @dataclass
 class PlanFollower:
     """A ``policy(xy [N, 2], goal [N, 2]) -> actions [N, 2]`` (D4RL frame) that plans with ``planner`` at
-    its first call and every ``replan_every`` calls after (``None``: never again), and in between steers
-    at plan step k + 1 when k steps into the plan; past the plan's end it holds its last position.
+    its first call, and in between steers at plan step k + 1 when k steps into the plan; past the plan's
+    end it holds its last position. It plans again for every episode ``replan_every`` calls after its
+    plan was made (``None``: never), and, with ``replan_off_plan=d`` (cells), for an episode farther than
+    d from where its plan puts it now (at most once per ``OFF_PLAN_COOLDOWN`` calls): a point pinned on a
+    wall that its plan crosses, or left behind by a plan that jumps, gets a plan from where it is.
 
-    Rows are episodes in a fixed order (``evaluate_ogbench`` keeps them so). Every plan made is kept in
-    ``plans`` ([N, H, 2] positions) with the step it was made at in ``plan_steps``, for metrics and figures.
+    Rows are episodes in a fixed order (``evaluate_ogbench`` keeps them so). Each planning round keeps the
+    plans in force after it in ``plans`` ([N, H, 2] positions), the step it was made at in ``plan_steps``
+    and which episodes it gave a new plan in ``replanned`` ([N] bool), for metrics and figures.
     """
 
     planner: Planner
     replan_every: int | None = None
+    replan_off_plan: float | None = None
     plans: list[np.ndarray] = field(default_factory=list)
     plan_steps: list[int] = field(default_factory=list)
+    replanned: list[np.ndarray] = field(default_factory=list)
     seconds: float = 0.0
     _step: int = 0
+    _start: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=int))  # each episode's plan's step
 
     def __post_init__(self) -> None:
-        require(self.replan_every is None or int(self.replan_every) >= 1,
-                f"replan_every={self.replan_every} must be null or >= 1")
+        Protocol(self.replan_every, self.replan_off_plan)  # the same rules, the same one-line errors
 
     def __call__(self, xy: np.ndarray, goal_xy: np.ndarray) -> np.ndarray:
         xy = np.asarray(xy, dtype=np.float64)
-        due = not self.plans or (self.replan_every is not None and self._step - self.plan_steps[-1] >= int(self.replan_every))
-        if due:
+        rows = np.arange(len(xy))
+        if not self.plans:
+            due = np.ones(len(xy), dtype=bool)
+            self._start = np.zeros(len(xy), dtype=int)
+        else:
+            plan, age = self.plans[-1], self._step - self._start
+            due = np.zeros(len(xy), dtype=bool)
+            if self.replan_every is not None:
+                due |= age >= int(self.replan_every)
+            if self.replan_off_plan is not None:
+                expected = plan[rows, np.minimum(age, plan.shape[1] - 1)]
+                off = np.linalg.norm(xy - expected, axis=-1) > float(self.replan_off_plan)
+                due |= off & (age >= OFF_PLAN_COOLDOWN)
+        if due.any():
             tic = time.perf_counter()
-            plans = np.asarray(self.planner(xy.copy(), np.asarray(goal_xy, dtype=np.float64).copy()), dtype=np.float64)
+            new = np.asarray(self.planner(xy[due].copy(), np.asarray(goal_xy, dtype=np.float64)[due].copy()),
+                             dtype=np.float64)
             self.seconds += time.perf_counter() - tic
-            require(plans.ndim == 3 and plans.shape[0] == len(xy) and plans.shape[2] >= 2,
-                    f"the planner returned {plans.shape}, expected [{len(xy)}, horizon, >= 2]")
-            self.plans.append(plans[..., :2])
+            require(new.ndim == 3 and new.shape[0] == int(due.sum()) and new.shape[2] >= 2,
+                    f"the planner returned {new.shape}, expected [{int(due.sum())}, horizon, >= 2]")
+            plans = new[..., :2] if not self.plans else self.plans[-1].copy()  # a new array each round
+            plans[due] = new[..., :2]
+            self._start[due] = self._step
+            self.plans.append(plans)
             self.plan_steps.append(self._step)
+            self.replanned.append(due)
         plan = self.plans[-1]
-        index = min(self._step - self.plan_steps[-1] + 1, plan.shape[1] - 1)
+        index = np.minimum(self._step - self._start + 1, plan.shape[1] - 1)
         self._step += 1
-        return kinematic_action(plan[:, index], xy)
+        return kinematic_action(plan[rows, index], xy)
 
 
 @dataclass
@@ -175,32 +199,36 @@ class OGBenchEvaluation:
     result: dict[str, Any]
     plans: list[np.ndarray]
     plan_steps: list[int]
+    replanned: list[np.ndarray]
     planning_seconds: float
 
 
 def evaluate_ogbench_planner(loaded: LoadedDiffuser, maze: str, episodes_per_task: int = 5, seed: int = 0,
                              replan_every: int | None = 32, task_ids: list[int] | None = None,
                              sampler: str | None = None, num_steps: int | None = None,
-                             max_steps: int | None = None) -> OGBenchEvaluation:
-    """A loaded Diffuser + ``PlanFollower`` on OGBench's fixed tasks of ``maze``, scored by the env's own
-    ``info["success"]``. ``seed`` fixes OGBench's start/goal noise and the sampling noise."""
+                             max_steps: int | None = None, replan_off_plan: float | None = None
+                             ) -> OGBenchEvaluation:
+    """A loaded Diffuser + ``PlanFollower`` (``replan_every``, ``replan_off_plan``) on OGBench's fixed
+    tasks of ``maze``, scored by the env's own ``info["success"]``. ``seed`` fixes OGBench's start/goal
+    noise and the sampling noise."""
     trained_on = loaded.cfg.env.name
     require(trained_on == maze, f"the checkpoint was trained on {trained_on}, not {maze}")
     require(int(loaded.diffusion.observation_dim) == 2,
             f"the checkpoint observes {loaded.diffusion.observation_dim} dims; OGBench's point observes [x, y]")
-    follower = PlanFollower(DiffuserPlanner(loaded, sampler=sampler, num_steps=num_steps, seed=int(seed)), replan_every)
+    follower = PlanFollower(DiffuserPlanner(loaded, sampler=sampler, num_steps=num_steps, seed=int(seed)), replan_every,
+                            replan_off_plan)
     result = evaluate_ogbench(follower, maze, episodes_per_task=episodes_per_task, seed=seed, task_ids=task_ids,
                               keep_paths=True, max_steps=max_steps)
     return OGBenchEvaluation(result=result, plans=follower.plans, plan_steps=follower.plan_steps,
-                             planning_seconds=follower.seconds)
+                             replanned=follower.replanned, planning_seconds=follower.seconds)
 
 
-def plans_in_wall_fraction(maze: str, plans: list[np.ndarray], plan_steps: list[int], episode_steps: np.ndarray
-                           ) -> np.ndarray:
-    """Per episode, the fraction of planned positions inside walls over the plans made while it ran
-    (a plan made after an episode ended, for its frozen row, is not its plan)."""
+def plans_in_wall_fraction(maze: str, plans: list[np.ndarray], plan_steps: list[int], replanned: list[np.ndarray],
+                           episode_steps: np.ndarray) -> np.ndarray:
+    """Per episode, the fraction of planned positions inside walls over the plans made for it while it
+    ran (``PlanFollower``'s rounds; a plan made after an episode ended, for its frozen row, is not its plan)."""
     fractions = np.zeros(len(episode_steps))
     for k, steps in enumerate(np.asarray(episode_steps)):
-        mine = [p[k] for p, t in zip(plans, plan_steps) if t < steps]
+        mine = [p[k] for p, t, new in zip(plans, plan_steps, replanned) if t < steps and new[k]]
         fractions[k] = float(in_wall(maze, np.stack(mine)).mean())
     return fractions

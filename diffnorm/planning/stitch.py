@@ -20,7 +20,6 @@ import numpy as np
 from diffnorm.data.stitch import stitch_task_cells, stitch_tasks
 from diffnorm.devices import resolve_device
 from diffnorm.envs.maze2d import in_wall, make_env, maze_spec, xy_to_cell
-from diffnorm.errors import require
 from diffnorm.planning.kinematic import (
     PlanFollower,
     evaluate_ogbench,
@@ -133,18 +132,17 @@ def evaluate_on_ogbench_tasks(run: Path, maze: str, episodes_per_task: int, seed
 
     An episode ends at the goal, so success at any step and at the last step coincide and only
     ``success_rate`` is reported; OGBench has no D4RL score. The plan measures use the t = 0 plan."""
-    require(protocol.replan_off_plan is None, f"protocol {protocol.name}: OGBench's kinematic follower replans "
-            "only every k steps (open_loop or replan_<k>)")
     replan_every = protocol.replan_every
     loaded = load_checkpoint(run, resolve_device(device))
     tic = time.perf_counter()
     ev = evaluate_ogbench_planner(loaded, maze, episodes_per_task=episodes_per_task, seed=seed,
-                                  replan_every=replan_every, max_steps=max_steps)
+                                  replan_every=replan_every, max_steps=max_steps,
+                                  replan_off_plan=protocol.replan_off_plan)
     seconds = time.perf_counter() - tic
     res = ev.result
     steps = np.array([n for t in res["tasks"] for n in t["steps"]])
     success = np.array([v for t in res["tasks"] for v in t["successes"]])
-    walls = plans_in_wall_fraction(maze, ev.plans, ev.plan_steps, steps)
+    walls = plans_in_wall_fraction(maze, ev.plans, ev.plan_steps, ev.replanned, steps)
     first = ev.plans[0]
     step_len = np.linalg.norm(np.diff(first, axis=1), axis=-1)
     per_episode = []
@@ -171,8 +169,9 @@ def evaluate_on_ogbench_tasks(run: Path, maze: str, episodes_per_task: int, seed
         **_path_means(per_episode),
         "plan_goal_jump_mean": float(step_len[:, -1].mean()), "plan_step_median": float(np.median(step_len)),
         "plan_rounds": len(ev.plans),
-        # plans an episode followed: the rounds planned before it ended (an episode ends at its goal)
-        "plans_per_episode": float(np.mean([sum(t < n for t in ev.plan_steps) for n in steps])),
+        # plans an episode followed: those made for it before it ended (an episode ends at its goal)
+        "plans_per_episode": float(np.mean([sum(bool(new[k]) and t < n for t, new in zip(ev.plan_steps, ev.replanned))
+                                            for k, n in enumerate(steps)])),
         "planning_seconds": round(ev.planning_seconds, 3),
         "rollout_seconds": round(seconds, 3), "per_task": per_task, "per_episode": per_episode,
     }
@@ -181,20 +180,21 @@ def evaluate_on_ogbench_tasks(run: Path, maze: str, episodes_per_task: int, seed
     length = max(len(p) for p in res["paths"])
     states = np.stack([np.concatenate([p, np.repeat(p[-1:], length - len(p), axis=0)]) for p in res["paths"]])
     replans = np.stack(ev.plans).astype(np.float32)
-    for r, t in enumerate(ev.plan_steps):
-        replans[r, steps <= t] = np.nan
+    for r, (t, new) in enumerate(zip(ev.plan_steps, ev.replanned)):
+        replans[r, (steps <= t) | ~new] = np.nan
     arrays = {"plans_xy": first.astype(np.float32), "replans_xy": replans, "states_xy": states.astype(np.float32),
               "goals": np.asarray(res["goals"]), "success": success}
     return metrics, arrays
 
 
 def ogbench_references(maze: str, episodes_per_task: int, seed: int, max_steps: int | None,
-                       replan_every: int | None) -> dict[str, Any]:
+                       protocol: Protocol) -> dict[str, Any]:
 
     """Per-task success of two policies on the same OGBench episodes as the planners: the floor
     (``GoalOnlyPlanner`` followed kinematically: straight at the goal, sliding along walls) and the
     ceiling (OGBench's BFS oracle). A task the floor solves does not need a planner, let alone stitching."""
-    policies = {"goal_only": PlanFollower(GoalOnlyPlanner(), replan_every), "bfs_oracle": oracle_policy(maze)}
+    policies = {"goal_only": PlanFollower(GoalOnlyPlanner(), protocol.replan_every, protocol.replan_off_plan),
+                "bfs_oracle": oracle_policy(maze)}
     out = {}
     for name, policy in policies.items():
         res = evaluate_ogbench(policy, maze, episodes_per_task=episodes_per_task, seed=seed, max_steps=max_steps)
