@@ -125,7 +125,7 @@ def test_evaluation_uses_ogbench_success(ogbench):
     assert all(t["steps"][0] < 1000 for t in result["tasks"])  # ended at the goal, not at the time limit
     assert [t["bfs_distance"] for t in result["tasks"]] == [10, 10, 6, 10, 8]
     assert len(result["paths"][0]) == result["tasks"][0]["steps"][0] + 1
-    still = evaluate_ogbench(lambda xy, goal: np.zeros_like(xy), MEDIUM, seed=0, task_ids=[1, 3])
+    still = evaluate_ogbench(lambda xy, goal, active: np.zeros_like(xy), MEDIUM, seed=0, task_ids=[1, 3])
     assert still["success_rate"] == 0.0 and all(t["steps"] == [1000] for t in still["tasks"])
     with pytest.raises(ConfigError, match=r"returned \(1, 3\)"):
-        evaluate_ogbench(lambda xy, goal: np.zeros((1, 3)), MEDIUM, task_ids=[1])
+        evaluate_ogbench(lambda xy, goal, active: np.zeros((1, 3)), MEDIUM, task_ids=[1])

@@ -104,6 +104,10 @@ def test_follower_replans_only_the_episode_its_plan_left_behind():
     assert asked == [2, 1, 1]
     np.testing.assert_array_equal(follower.plans[-1][0], follower.plans[0][0])  # episode 0 kept its plan
     np.testing.assert_allclose(follower.plans[-1][1, 0], start[1])  # episode 1 planned from where it is
+    for step in range(2 * OFF_PLAN_COOLDOWN + 1, 4 * OFF_PLAN_COOLDOWN):  # episode 1 has ended: no more plans
+        follower(xy, xy, np.array([True, False]))
+        xy[0] = follower.plans[-1][0, min(step + 1, 63)]
+    assert follower.plan_steps == [0, OFF_PLAN_COOLDOWN, 2 * OFF_PLAN_COOLDOWN] and asked == [2, 1, 1]
     with pytest.raises(ConfigError, match="replan_off_plan=0 must be null or a positive distance"):
         PlanFollower(planner, replan_off_plan=0)
 
@@ -138,7 +142,7 @@ def test_env_config_trains_and_the_study_reports_per_task_success(tmp_path):
     listing = "[" + ",".join(f"'{v}'" for v in TRAIN) + "]"
     study = compose_job("stitching_study", ["env=ogbench_pointmaze_medium", f"train_overrides={listing}",
                                             "norms=[group,none]", "seeds=[0,1]", "workers=1", "episodes_per_task=1",
-                                            "max_steps=20", "protocol=replan_10", "protocols=[]", "stitch.episodes=8",
+                                            "max_steps=20", "protocol=replan_10", "protocols=[off_plan_0.05]", "stitch.episodes=8",
                                             f"data_dir={data_dir}"])
     out = tmp_path / "study"
     results = stitching_study(study, out)
@@ -149,6 +153,11 @@ def test_env_config_trains_and_the_study_reports_per_task_success(tmp_path):
     assert one["success_rate_final"] is None and one["score_mean"] is None and one["replan_every"] == 10
     assert one["plan_rounds"] == 2 and one["steps"] == 20  # replanned once; no episode reached its goal
     assert one["plans_per_episode"] == 2.0
+    # Off-plan replanning on OGBench: 20 steps, at most one new plan per episode per 8 steps.
+    off = results["protocols"]["off_plan_0.05"]["runs"]["group"]["0"]
+    assert off["protocol"] == "off_plan_0.05" and 1 <= off["plans_per_episode"] <= off["plan_rounds"] <= 3
+    replans = np.load(tmp_path / "study" / "runs" / "group" / "seed0" / "stitch_rollouts_off_plan_0.05.npz")["replans_xy"]
+    assert replans.shape[0] == off["plan_rounds"] and np.isfinite(replans[0]).all()
     task = results["per_task"][0]
     assert set(task["success_rate"]) == {"group", "none"} and len(task["success_rate"]["group"]["per_seed"]) == 2
     assert "group" in task["comparison_vs_baseline"]

@@ -107,6 +107,14 @@ def test_bad_input_raises_config_error(tmp_path, override, message):
     assert not (tmp_path / "data").exists()
 
 
+@pytest.mark.parametrize("where", ["env.ogbench.replan_every=16", "train_overrides=['env.ogbench.replan_every=16']"])
+def test_ogbench_refuses_the_retired_replan_every(tmp_path, where):
+    cfg = compose_job("stitching_study", _tiny(tmp_path, "env=ogbench_pointmaze_medium", where))
+    with pytest.raises(ConfigError, match=re.escape("env.ogbench.replan_every=16 is no longer read")):
+        stitching_study(cfg, tmp_path / "run")
+    assert not (tmp_path / "data").exists()
+
+
 def test_plan_path_stats_connected_vs_jump():
     # umaze: free cells (1,1)-(1,3), (2,3), (3,1)-(3,3); the U's wall is (2,1)-(2,2). BFS (1,1) -> (3,1) is 6.
     around = np.array([[1, 1], [1, 2], [1, 3], [2, 3], [3, 3], [3, 2], [3, 1]], dtype=float)

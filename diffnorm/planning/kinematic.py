@@ -29,8 +29,8 @@ from diffnorm.planning.planner import DiffuserPlanner, Planner
 from diffnorm.planning.rollout import OFF_PLAN_COOLDOWN, Protocol
 from diffnorm.training.checkpoint import LoadedDiffuser
 
-# policy(xy [N, 2], goal_xy [N, 2]) -> actions [N, 2], all in the D4RL frame
-Policy = Callable[[np.ndarray, np.ndarray], np.ndarray]
+# policy(xy [N, 2], goal_xy [N, 2], active [N] bool: the episodes still running) -> actions [N, 2], D4RL frame
+Policy = Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
 
 
 def kinematic_action(target_xy: np.ndarray, xy: np.ndarray) -> np.ndarray:
@@ -47,8 +47,8 @@ def evaluate_ogbench(policy: Policy, maze: str, episodes_per_task: int = 1, seed
 
     All episodes (``episodes_per_task`` per task, tasks 1..5 by default, task-major) step in lockstep, one
     env each. ``policy`` sees every episode's position and goal at once ([N, 2] each, D4RL frame, rows in
-    a fixed order, so a plan follower can keep per-episode state) and returns their actions; the actions
-    of episodes that have ended are discarded. An episode stops when the env ends it: goal reached, or its
+    a fixed order, so a plan follower can keep per-episode state) and which are still running ([N] bool),
+    and returns their actions; the actions of episodes that have ended are discarded. An episode stops when the env ends it: goal reached, or its
     time limit (OGBench's 1000 steps; ``max_steps`` shortens it, e.g. for tests). Start and goal noise
     come from OGBench's own draws, seeded by ``seed``.
     """
@@ -73,7 +73,7 @@ def evaluate_ogbench(policy: Policy, maze: str, episodes_per_task: int = 1, seed
         success, steps = np.zeros(len(runs), dtype=bool), np.zeros(len(runs), dtype=np.int64)
         paths = [[xy[k].copy()] for k in range(len(runs))] if keep_paths else []
         while active.any():
-            actions = np.asarray(policy(xy.copy(), goal.copy()), dtype=np.float64)
+            actions = np.asarray(policy(xy.copy(), goal.copy(), active.copy()), dtype=np.float64)
             require(actions.shape == (len(runs), 2), f"the policy returned {actions.shape}, expected "
                     f"[{len(runs)}, 2]")
             index = np.flatnonzero(active)
@@ -112,9 +112,11 @@ def oracle_policy(maze: str, speed: float = 1.0) -> Policy:
     spec = maze_spec(maze)
     cache: dict[tuple[int, int], np.ndarray] = {}
 
-    def act(xy: np.ndarray, goal_xy: np.ndarray) -> np.ndarray:
+    def act(xy: np.ndarray, goal_xy: np.ndarray, active: np.ndarray | None = None) -> np.ndarray:
         out = np.zeros_like(np.asarray(xy, dtype=np.float64))
         for k, (p, g) in enumerate(zip(np.asarray(xy, dtype=np.float64), np.asarray(goal_xy, dtype=np.float64))):
+            if active is not None and not active[k]:
+                continue
             here, there = tuple(int(v) for v in xy_to_cell(p)), tuple(int(v) for v in xy_to_cell(g))
             if there not in cache:
                 cache[there] = bfs_distances(maze, there)
@@ -140,7 +142,8 @@ class PlanFollower:
     d from where its plan puts it now (at most once per ``OFF_PLAN_COOLDOWN`` calls): a point pinned on a
     wall that its plan crosses, or left behind by a plan that jumps, gets a plan from where it is.
 
-    Rows are episodes in a fixed order (``evaluate_ogbench`` keeps them so). Each planning round keeps the
+    Episodes that have ended (``active`` False) are not planned for again. Rows are episodes in a fixed
+    order (``evaluate_ogbench`` keeps them so). Each planning round keeps the
     plans in force after it in ``plans`` ([N, H, 2] positions), the step it was made at in ``plan_steps``
     and which episodes it gave a new plan in ``replanned`` ([N] bool), for metrics and figures.
     """
@@ -158,7 +161,7 @@ class PlanFollower:
     def __post_init__(self) -> None:
         Protocol(self.replan_every, self.replan_off_plan)  # the same rules, the same one-line errors
 
-    def __call__(self, xy: np.ndarray, goal_xy: np.ndarray) -> np.ndarray:
+    def __call__(self, xy: np.ndarray, goal_xy: np.ndarray, active: np.ndarray | None = None) -> np.ndarray:
         xy = np.asarray(xy, dtype=np.float64)
         rows = np.arange(len(xy))
         if not self.plans:
@@ -173,6 +176,8 @@ class PlanFollower:
                 expected = plan[rows, np.minimum(age, plan.shape[1] - 1)]
                 off = np.linalg.norm(xy - expected, axis=-1) > float(self.replan_off_plan)
                 due |= off & (age >= OFF_PLAN_COOLDOWN)
+            if active is not None:
+                due &= np.asarray(active, dtype=bool)
         if due.any():
             tic = time.perf_counter()
             new = np.asarray(self.planner(xy[due].copy(), np.asarray(goal_xy, dtype=np.float64)[due].copy()),
@@ -204,7 +209,7 @@ class OGBenchEvaluation:
 
 
 def evaluate_ogbench_planner(loaded: LoadedDiffuser, maze: str, episodes_per_task: int = 5, seed: int = 0,
-                             replan_every: int | None = 32, task_ids: list[int] | None = None,
+                             replan_every: int | None = None, task_ids: list[int] | None = None,
                              sampler: str | None = None, num_steps: int | None = None,
                              max_steps: int | None = None, replan_off_plan: float | None = None
                              ) -> OGBenchEvaluation:

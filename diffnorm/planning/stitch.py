@@ -131,7 +131,8 @@ def evaluate_on_ogbench_tasks(run: Path, maze: str, episodes_per_task: int, seed
     scored by OGBench's own ``info["success"]``; (metrics, arrays) shaped as ``evaluate_on_tasks``'s.
 
     An episode ends at the goal, so success at any step and at the last step coincide and only
-    ``success_rate`` is reported; OGBench has no D4RL score. The plan measures use the t = 0 plan."""
+    ``success_rate`` is reported; OGBench has no D4RL score. The plan-path measures use the t = 0 plan;
+    planned states in walls pool every plan made for an episode while it ran."""
     replan_every = protocol.replan_every
     loaded = load_checkpoint(run, resolve_device(device))
     tic = time.perf_counter()
