@@ -7,7 +7,13 @@ from omegaconf import OmegaConf
 
 from diffnorm.envs.ogbench_maze import OGBENCH_STEP, OGBenchFrame, make_ogbench_env, ogbench_tasks
 from diffnorm.experiments.common import ConfigError, compose_job
-from diffnorm.planning.kinematic import PlanFollower, evaluate_ogbench, oracle_policy, plans_in_wall_fraction
+from diffnorm.planning.kinematic import (
+    PlanFollower,
+    evaluate_ogbench,
+    oracle_policy,
+    plans_followed,
+    plans_in_wall_fraction,
+)
 
 ogbench = pytest.importorskip("ogbench", reason="needs the optional 'ogbench' package")
 MEDIUM = "maze2d-medium"
@@ -72,13 +78,14 @@ def test_follower_is_scored_on_ogbench_tasks_with_its_success():
     # The same follower with a planner that stays put: OGBench's success says no on every task.
     still = PlanFollower(lambda xy, goal: np.repeat(xy[:, None], 8, axis=1))
     assert evaluate_ogbench(still, MEDIUM, seed=0, max_steps=50)["success_rate"] == 0.0
-    walls = plans_in_wall_fraction(MEDIUM, [np.array([[[1.0, 1.0], [0.0, 0.0]]])], [0], [np.array([True])],
-                                   np.array([3]))
+    walls = plans_in_wall_fraction(MEDIUM, [np.array([[[1.0, 1.0], [0.0, 0.0]]])],
+                                   plans_followed([0], [np.array([True])], np.array([3])))
     assert walls.tolist() == [0.5]  # (0, 0) is the outer wall
     # A round that kept an episode's plan adds nothing for it; one made after it ended neither.
     rounds = [np.array([[[1.0, 1.0], [0.0, 0.0]]] * 2), np.array([[[1.0, 1.0], [1.0, 1.0]]] * 2)]
-    walls = plans_in_wall_fraction(MEDIUM, rounds, [0, 5], [np.array([True, True]), np.array([False, True])],
-                                   np.array([9, 9]))
+    walls = plans_in_wall_fraction(MEDIUM, rounds,
+                                   plans_followed([0, 5], [np.array([True, True]), np.array([False, True])],
+                                                  np.array([9, 9])))
     assert walls.tolist() == [0.5, 0.25]
 
 

@@ -206,10 +206,10 @@ def stitching_study(cfg: DictConfig, out: Path) -> dict[str, Any]:
     require(og is None or og.controller == "kinematic",
             f"env.ogbench.controller={None if og is None else og.controller}: OGBench's point is kinematic, "
             "so plans are followed by the kinematic PlanFollower ('kinematic')")
-    retired = next((r for r in (OmegaConf.select(c, "env.ogbench.replan_every") for c in (cfg, probe)) if r is not None),
-                   None)
-    require(retired is None, f"env.ogbench.replan_every={retired} is no longer read: the planning protocol is the "
-            "study's protocol= (e.g. protocol=replan_32)")
+    for given in (cfg, probe):  # the study's own env, or one from train_overrides
+        retired = OmegaConf.select(given, "env.ogbench.replan_every")
+        require(retired is None, f"env.ogbench.replan_every={retired} is no longer read: the planning protocol is "
+                "the study's protocol= (e.g. protocol=replan_32)")
     benchmark = "maze2d" if og is None else "ogbench"
     title = f"{maze} stitch tasks" if og is None else f"OGBench {og.env} tasks"
     train_data = cfg.train_data

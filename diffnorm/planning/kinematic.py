@@ -26,7 +26,7 @@ from diffnorm.envs.maze2d import bfs_distances, in_wall, maze_spec, xy_to_cell
 from diffnorm.envs.ogbench_maze import OGBENCH_ENVS, OGBENCH_STEP, make_ogbench_env, numpy_global_seed
 from diffnorm.errors import require
 from diffnorm.planning.planner import DiffuserPlanner, Planner
-from diffnorm.planning.rollout import OFF_PLAN_COOLDOWN, Protocol
+from diffnorm.planning.rollout import Protocol
 from diffnorm.training.checkpoint import LoadedDiffuser
 
 # policy(xy [N, 2], goal_xy [N, 2], active [N] bool: the episodes still running) -> actions [N, 2], D4RL frame
@@ -48,8 +48,8 @@ def evaluate_ogbench(policy: Policy, maze: str, episodes_per_task: int = 1, seed
     All episodes (``episodes_per_task`` per task, tasks 1..5 by default, task-major) step in lockstep, one
     env each. ``policy`` sees every episode's position and goal at once ([N, 2] each, D4RL frame, rows in
     a fixed order, so a plan follower can keep per-episode state) and which are still running ([N] bool),
-    and returns their actions; the actions of episodes that have ended are discarded. An episode stops when the env ends it: goal reached, or its
-    time limit (OGBench's 1000 steps; ``max_steps`` shortens it, e.g. for tests). Start and goal noise
+    and returns their actions; the actions of episodes that have ended are discarded. An episode stops
+    when the env ends it: goal reached, or its time limit (OGBench's 1000 steps; ``max_steps`` shortens it, e.g. for tests). Start and goal noise
     come from OGBench's own draws, seeded by ``seed``.
     """
     require(int(episodes_per_task) >= 1, f"episodes_per_task={episodes_per_task} must be positive")
@@ -135,17 +135,17 @@ def oracle_policy(maze: str, speed: float = 1.0) -> Policy:
 
 @dataclass
 class PlanFollower:
-    """A ``policy(xy [N, 2], goal [N, 2]) -> actions [N, 2]`` (D4RL frame) that plans with ``planner`` at
-    its first call, and in between steers at plan step k + 1 when k steps into the plan; past the plan's
+    """A ``policy(xy [N, 2], goal [N, 2], active [N] = None) -> actions [N, 2]`` (D4RL frame) that plans
+    with ``planner`` at its first call, and in between steers at plan step k + 1 when k steps into the plan; past the plan's
     end it holds its last position. It plans again for every episode ``replan_every`` calls after its
     plan was made (``None``: never), and, with ``replan_off_plan=d`` (cells), for an episode farther than
     d from where its plan puts it now (at most once per ``OFF_PLAN_COOLDOWN`` calls): a point pinned on a
     wall that its plan crosses, or left behind by a plan that jumps, gets a plan from where it is.
 
     Episodes that have ended (``active`` False) are not planned for again. Rows are episodes in a fixed
-    order (``evaluate_ogbench`` keeps them so). Each planning round keeps the
-    plans in force after it in ``plans`` ([N, H, 2] positions), the step it was made at in ``plan_steps``
-    and which episodes it gave a new plan in ``replanned`` ([N] bool), for metrics and figures.
+    order (``evaluate_ogbench`` keeps them so). Each planning round keeps the plans in force after it in
+    ``plans`` ([N, H, 2] positions), the step it was made at in ``plan_steps`` and which episodes it gave a
+    new plan in ``replanned`` ([N] bool), for metrics and figures.
     """
 
     planner: Planner
@@ -157,9 +157,10 @@ class PlanFollower:
     seconds: float = 0.0
     _step: int = 0
     _start: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=int))  # each episode's plan's step
+    _protocol: Protocol = field(init=False)
 
     def __post_init__(self) -> None:
-        Protocol(self.replan_every, self.replan_off_plan)  # the same rules, the same one-line errors
+        self._protocol = Protocol(self.replan_every, self.replan_off_plan)  # maze2d rollouts' rule and errors
 
     def __call__(self, xy: np.ndarray, goal_xy: np.ndarray, active: np.ndarray | None = None) -> np.ndarray:
         xy = np.asarray(xy, dtype=np.float64)
@@ -168,14 +169,7 @@ class PlanFollower:
             due = np.ones(len(xy), dtype=bool)
             self._start = np.zeros(len(xy), dtype=int)
         else:
-            plan, age = self.plans[-1], self._step - self._start
-            due = np.zeros(len(xy), dtype=bool)
-            if self.replan_every is not None:
-                due |= age >= int(self.replan_every)
-            if self.replan_off_plan is not None:
-                expected = plan[rows, np.minimum(age, plan.shape[1] - 1)]
-                off = np.linalg.norm(xy - expected, axis=-1) > float(self.replan_off_plan)
-                due |= off & (age >= OFF_PLAN_COOLDOWN)
+            due = self._protocol.due(self._step - self._start, xy, self.plans[-1])
             if active is not None:
                 due &= np.asarray(active, dtype=bool)
         if due.any():
@@ -228,12 +222,14 @@ def evaluate_ogbench_planner(loaded: LoadedDiffuser, maze: str, episodes_per_tas
                              replanned=follower.replanned, planning_seconds=follower.seconds)
 
 
-def plans_in_wall_fraction(maze: str, plans: list[np.ndarray], plan_steps: list[int], replanned: list[np.ndarray],
-                           episode_steps: np.ndarray) -> np.ndarray:
-    """Per episode, the fraction of planned positions inside walls over the plans made for it while it
-    ran (``PlanFollower``'s rounds; a plan made after an episode ended, for its frozen row, is not its plan)."""
-    fractions = np.zeros(len(episode_steps))
-    for k, steps in enumerate(np.asarray(episode_steps)):
-        mine = [p[k] for p, t, new in zip(plans, plan_steps, replanned) if t < steps and new[k]]
-        fractions[k] = float(in_wall(maze, np.stack(mine)).mean())
-    return fractions
+def plans_followed(plan_steps: list[int], replanned: list[np.ndarray], episode_steps: np.ndarray) -> np.ndarray:
+    """[rounds, N] bool: which of ``PlanFollower``'s rounds made a plan for each episode while it ran (a plan
+    made after an episode ended, for its frozen row, is not its plan)."""
+    return np.stack(replanned) & (np.asarray(plan_steps)[:, None] < np.asarray(episode_steps)[None, :])
+
+
+def plans_in_wall_fraction(maze: str, plans: list[np.ndarray], followed: np.ndarray) -> np.ndarray:
+    """Per episode, the fraction of planned positions inside walls over the plans it followed
+    (``plans_followed``)."""
+    return np.array([float(in_wall(maze, np.stack([p[k] for p, mine in zip(plans, followed[:, k]) if mine])).mean())
+                     for k in range(followed.shape[1])])

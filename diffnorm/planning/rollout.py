@@ -117,6 +117,20 @@ class Protocol:
                               "replan_<k>+off_plan_<d> (k steps, d maze units)") from None
         return cls(every, off)
 
+    def due(self, age: np.ndarray, xy: np.ndarray, plans: np.ndarray) -> np.ndarray:
+        """Which episodes plan again now ([N] bool), ``age`` [N] steps into their plans in force ``plans``
+        [N, H, >= 2] (positions first), at positions ``xy`` [N, 2]: those ``replan_every`` steps into
+        theirs, and those farther than ``replan_off_plan`` from where it puts them now, once
+        ``OFF_PLAN_COOLDOWN`` steps into it. The first plan (t = 0) is the caller's."""
+        due = np.zeros(len(age), dtype=bool)
+        if self.replan_every is not None:
+            due |= age >= int(self.replan_every)
+        if self.replan_off_plan is not None:
+            expected = plans[np.arange(len(age)), np.minimum(age, plans.shape[1] - 1), :2]
+            off = np.linalg.norm(xy - expected, axis=-1) > float(self.replan_off_plan)
+            due |= off & (age >= OFF_PLAN_COOLDOWN)
+        return due
+
 
 # An episode that was just given a plan is not judged off it for this many steps: the controller needs a
 # few steps to pull the agent onto a new plan, and replanning every step would cost a planner call per step.
@@ -135,9 +149,7 @@ def run_episodes(planner: Planner, env_name: str, resets: list[tuple[int, dict[s
     the plan cut, gets a plan from where it is; one that follows its plan keeps it. ``max_steps=None``
     is the env's episode length.
     """
-    require(replan_every is None or int(replan_every) >= 1, f"replan_every={replan_every} must be null or >= 1")
-    require(replan_off_plan is None or float(replan_off_plan) > 0,
-            f"replan_off_plan={replan_off_plan} must be null or a positive distance")
+    protocol = Protocol(replan_every, replan_off_plan)
     envs = [make_env(env_name) for _ in resets]
     steps = int(max_steps) if max_steps is not None else int(envs[0].spec.max_episode_steps)
     require(steps >= 1, f"max_steps={max_steps} must be positive")
@@ -152,19 +164,8 @@ def run_episodes(planner: Planner, env_name: str, resets: list[tuple[int, dict[s
     plan_seconds = sim_seconds = 0.0
     plans: np.ndarray | None = None
     plan_start = np.zeros(n, dtype=int)  # the step each episode's plan in force was made at
-    rows = np.arange(n)
     for t in tqdm(range(steps), desc=f"{n} episodes of {env_name}", disable=not progress, leave=False):
-        if plans is None:
-            due = np.ones(n, dtype=bool)
-        else:
-            age = t - plan_start
-            due = np.zeros(n, dtype=bool)
-            if replan_every is not None:
-                due |= age >= int(replan_every)
-            if replan_off_plan is not None:
-                expected = plans[rows, np.minimum(age, plans.shape[1] - 1), :2]
-                off = np.linalg.norm(states[:, t, :2] - expected, axis=-1) > float(replan_off_plan)
-                due |= off & (age >= OFF_PLAN_COOLDOWN)
+        due = np.ones(n, dtype=bool) if plans is None else protocol.due(t - plan_start, states[:, t, :2], plans)
         if due.any():
             # Only the episodes that need a plan are planned for (one batched call): an open loop or a
             # fixed interval plans for all of them at once, off-plan replanning for a few.

@@ -25,6 +25,7 @@ from diffnorm.planning.kinematic import (
     evaluate_ogbench,
     evaluate_ogbench_planner,
     oracle_policy,
+    plans_followed,
     plans_in_wall_fraction,
 )
 from diffnorm.planning.planner import GoalOnlyPlanner
@@ -143,7 +144,8 @@ def evaluate_on_ogbench_tasks(run: Path, maze: str, episodes_per_task: int, seed
     res = ev.result
     steps = np.array([n for t in res["tasks"] for n in t["steps"]])
     success = np.array([v for t in res["tasks"] for v in t["successes"]])
-    walls = plans_in_wall_fraction(maze, ev.plans, ev.plan_steps, ev.replanned, steps)
+    followed = plans_followed(ev.plan_steps, ev.replanned, steps)
+    walls = plans_in_wall_fraction(maze, ev.plans, followed)
     first = ev.plans[0]
     step_len = np.linalg.norm(np.diff(first, axis=1), axis=-1)
     per_episode = []
@@ -171,8 +173,7 @@ def evaluate_on_ogbench_tasks(run: Path, maze: str, episodes_per_task: int, seed
         "plan_goal_jump_mean": float(step_len[:, -1].mean()), "plan_step_median": float(np.median(step_len)),
         "plan_rounds": len(ev.plans),
         # plans an episode followed: those made for it before it ended (an episode ends at its goal)
-        "plans_per_episode": float(np.mean([sum(bool(new[k]) and t < n for t, new in zip(ev.plan_steps, ev.replanned))
-                                            for k, n in enumerate(steps)])),
+        "plans_per_episode": float(followed.sum(axis=0).mean()),
         "planning_seconds": round(ev.planning_seconds, 3),
         "rollout_seconds": round(seconds, 3), "per_task": per_task, "per_episode": per_episode,
     }
@@ -181,8 +182,7 @@ def evaluate_on_ogbench_tasks(run: Path, maze: str, episodes_per_task: int, seed
     length = max(len(p) for p in res["paths"])
     states = np.stack([np.concatenate([p, np.repeat(p[-1:], length - len(p), axis=0)]) for p in res["paths"]])
     replans = np.stack(ev.plans).astype(np.float32)
-    for r, (t, new) in enumerate(zip(ev.plan_steps, ev.replanned)):
-        replans[r, (steps <= t) | ~new] = np.nan
+    replans[~followed] = np.nan
     arrays = {"plans_xy": first.astype(np.float32), "replans_xy": replans, "states_xy": states.astype(np.float32),
               "goals": np.asarray(res["goals"]), "success": success}
     return metrics, arrays
