@@ -278,7 +278,9 @@ def leak_probe(cfg: DictConfig, out: Path) -> dict[str, Any]:
     results = {
         "settings": OmegaConf.to_container(cfg, resolve=True),
         "receptive_field": {"left": left, "right": right,
-                            "sees_both_ends": [sees_both_ends(left, right, int(h)) for h in cfg.horizons]},
+                            # the measured plan length always among them (OGBench's is none of maze2d's)
+                            "sees_both_ends": [sees_both_ends(left, right, h)
+                                               for h in sorted({*map(int, cfg.horizons), horizon})]},
         "horizon": horizon, "beyond_rf_set_empty": beyond_empty,
         "comparison": {label: _summary(m) for label, m in measured.items()},
         "models": {label: _jsonable_measure(m) for label, m in measured.items()},
