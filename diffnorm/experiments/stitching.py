@@ -229,7 +229,9 @@ def stitching_study(cfg: DictConfig, out: Path) -> dict[str, Any]:
     data_dir = resolve_path(cfg.data_dir)
     data_path, data_info = _stitch_data(cfg, probe, data_dir)
     timings = {"data": round(time.perf_counter() - tic, 1)}
-    log.info("stitch dataset %s (check passed: %s)", data_path, data_info["stitch_check_passed"])
+    # A maze2d file that fails its check is refused when made, so only OGBench's own recipe can fail here.
+    log.info("stitch dataset %s (%s recipe; stitch check %s)", data_path, data_info["recipe"],
+             "passed" if data_info["stitch_check_passed"] else "failed: recorded, not enforced")
 
     runs_dir = out / "runs"
     grid = [(n, s) for n in norms for s in seeds]
