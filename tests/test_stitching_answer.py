@@ -4,6 +4,7 @@ contract (keys and types), the protocol entries, the leak of each planner beside
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -113,3 +114,26 @@ def test_one_probe_directory(study_and_leak, tmp_path):
                            tmp_path / "one")
     assert res["leak"]["a"]["runs"] == [str(leak_none)]
     assert sorted((p["norm"], p["seed"]) for p in res["leak"]["a"]["planners"]) == [("none", s) for s in range(4)]
+
+
+def test_answer_from_saved_results_after_the_planners_are_gone(study_and_leak, tmp_path):
+    """The answer needs only the studies' and probes' results.json: each probe records its planners'
+    norm and seed. A probe from before the seed was recorded needs the planners' saved configs."""
+    _, study, (leak_none, _) = study_and_leak
+    saved_study, saved_leak, old_leak = tmp_path / "study", tmp_path / "leak", tmp_path / "old_leak"
+    for d in (saved_study, saved_leak, old_leak):
+        d.mkdir()
+    (saved_study / "results.json").write_text((study / "results.json").read_text())
+    leak = load_results(leak_none)
+    for model in leak["models"].values():  # as on another machine: the planners' runs do not exist there
+        model["checkpoint"] = str(tmp_path / "gone" / Path(model["checkpoint"]).relative_to(study))
+    (saved_leak / "results.json").write_text(json.dumps(leak))
+    res = stitching_answer(compose_job("stitching_answer", [f"studies={{a: {saved_study}}}",
+                                                            f"leak_probes={{a: {saved_leak}}}"]), tmp_path / "ok")
+    assert sorted((p["norm"], p["seed"]) for p in res["leak"]["a"]["planners"]) == [("none", s) for s in range(4)]
+    for model in leak["models"].values():
+        del model["seed"]
+    (old_leak / "results.json").write_text(json.dumps(leak))
+    with pytest.raises(ConfigError, match="predates recording each planner's seed"):
+        stitching_answer(compose_job("stitching_answer", [f"studies={{a: {saved_study}}}",
+                                                          f"leak_probes={{a: {old_leak}}}"]), tmp_path / "old")

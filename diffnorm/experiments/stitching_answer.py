@@ -64,8 +64,9 @@ def answer_entry(study: dict[str, Any], block: dict[str, Any], baseline: str) ->
 
 def leak_by_planner(leaks: list[tuple[Path, dict[str, Any]]]) -> dict[tuple[str, int], dict[str, float]]:
     """(norm, seed) -> the leak numbers of that planner, from one or more leak-probe results (each with its
-    run directory); norm and seed are read from each run's saved config, so the planners may be given in any
-    order. Raises ConfigError for a planner measured by two probes or probes at different horizons."""
+    run directory); norm and seed are those the probe recorded (or, for a probe that predates recording the
+    seed, the planner's saved config), so the planners may be given in any order and need not exist any more.
+    Raises ConfigError for a planner measured by two probes or probes at different horizons."""
     horizons = {str(run): leak["horizon"] for run, leak in leaks}
     require(len(set(horizons.values())) <= 1, f"the leak probes measured different horizons: {horizons}")
     out: dict[tuple[str, int], dict[str, float]] = {}
@@ -73,8 +74,13 @@ def leak_by_planner(leaks: list[tuple[Path, dict[str, Any]]]) -> dict[tuple[str,
         for label, model in leak["models"].items():
             path = Path(model["checkpoint"])
             run = path if path.is_dir() else path.parent
-            cfg = OmegaConf.load(run / "config.yaml")
-            key = (cfg.norm.name, cfg.seed)
+            if "seed" in model:
+                key = (model["norm"]["name"], int(model["seed"]))
+            else:
+                require((run / "config.yaml").is_file(), f"{leak_run} predates recording each planner's seed and "
+                        f"the planner's run {run} is gone; probe the planners again")
+                cfg = OmegaConf.load(run / "config.yaml")
+                key = (cfg.norm.name, int(cfg.seed))
             require(key not in out, f"planner {key[0]} seed {key[1]} ({run}) is measured twice; the second time "
                     f"by {leak_run}")
             row = leak["comparison"][label]
