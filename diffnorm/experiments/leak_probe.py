@@ -166,7 +166,8 @@ def analyse(loaded: LoadedDiffuser, cfg: DictConfig, sites: list[str], dtype: to
             "trained_horizon": int(getattr(model, "horizon", length)),
             "n_diffusion_steps": diffusion.n_diffusion_steps,
             "norm": OmegaConf.to_container(loaded.cfg.norm, resolve=True), "seed": int(loaded.cfg.seed),
-            "receptive_field": [left, right], "influence": influence, "probes": probes, "leakage": leakage, "timings": timings}
+            "receptive_field": [left, right],
+            "influence": influence, "probes": probes, "leakage": leakage, "timings": timings}
 
 
 def _summary(measured: dict[str, Any]) -> dict[str, Any]:

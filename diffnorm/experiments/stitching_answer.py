@@ -77,8 +77,8 @@ def leak_by_planner(leaks: list[tuple[Path, dict[str, Any]]]) -> dict[tuple[str,
             if "seed" in model:
                 key = (model["norm"]["name"], int(model["seed"]))
             else:
-                require((run / "config.yaml").is_file(), f"{leak_run} predates recording each planner's seed and "
-                        f"the planner's run {run} is gone; probe the planners again")
+                require((run / "config.yaml").is_file(), f"{leak_run} predates recording each planner's seed "
+                        f"and the planner's run {run} is gone; probe the planners again")
                 cfg = OmegaConf.load(run / "config.yaml")
                 key = (cfg.norm.name, int(cfg.seed))
             require(key not in out, f"planner {key[0]} seed {key[1]} ({run}) is measured twice; the second time "
