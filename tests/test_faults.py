@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 import os
 import re
 import signal
@@ -34,6 +35,7 @@ from diffnorm.experiments.common import (
     run_job,
     write_results,
 )
+from diffnorm.probing.stats import welch_difference
 from diffnorm.training.checkpoint import CHECKPOINT, load_checkpoint
 from diffnorm.training.loop import EpochOrder
 
@@ -496,6 +498,20 @@ def test_results_json_is_replaced_atomically(tmp_path, monkeypatch):
     with pytest.raises(OSError):
         write_results(tmp_path, {"a": 2})
     assert json.loads((tmp_path / "results.json").read_text())["a"] == 1
+
+
+def test_results_json_is_strict_json(tmp_path):
+    undefined = welch_difference([1.0, 1.0, 1.0], [1.0, 1.0, 1.0])  # two constant samples: p is nan
+    assert math.isnan(undefined["p_value"])
+    write_results(tmp_path, {"diff": undefined, "inf": np.float32("inf"), "values": np.array([0.5, np.nan]),
+                             "losses": torch.tensor([float("-inf"), 2.0])})
+
+    def reject(constant):
+        raise ValueError(f"non-standard JSON constant {constant}")
+
+    record = json.loads((tmp_path / "results.json").read_text(), parse_constant=reject)
+    assert record["diff"] == {"difference": 0.0, "ci_low": 0.0, "ci_high": 0.0, "p_value": None}
+    assert record["inf"] is None and record["values"] == [0.5, None] and record["losses"] == [None, 2.0]
 
 
 # -------------------------------------------------------------------------- 4. determinism, provenance

@@ -14,6 +14,7 @@ import contextvars
 import difflib
 import functools
 import json
+import math
 import os
 import platform
 import random
@@ -93,14 +94,14 @@ def resolve_path(path: str | os.PathLike) -> Path:
 
 
 def _jsonable(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None  # an undefined statistic (Welch's p of two constant samples): null, not JSON-invalid NaN
     if isinstance(value, dict):
         return {str(k): _jsonable(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [_jsonable(v) for v in value]
-    if isinstance(value, (np.generic, torch.Tensor)):
+    if isinstance(value, (np.generic, np.ndarray, torch.Tensor)):
         return _jsonable(value.tolist())
-    if isinstance(value, np.ndarray):
-        return value.tolist()
     if isinstance(value, Path):
         return str(value)
     return value
@@ -155,13 +156,20 @@ def _provenance(out_dir: Path) -> dict[str, Any]:
     return record
 
 
+def json_bytes(record: Any) -> bytes:
+    """``record`` as strict JSON (RFC 8259), indented: numpy/torch values and paths converted, NaN and
+    infinities written as null, which every JSON reader accepts (``jq``, JavaScript, ``json.loads``)."""
+    return (json.dumps(_jsonable(record), indent=2, allow_nan=False) + "\n").encode()
+
+
 def write_results(out_dir: Path, results: dict[str, Any]) -> Path:
     """Write results.json atomically (temporary file, fsync, rename) and return its path.
 
-    A ``provenance`` entry is added: the package versions and the seeds of the job's config."""
+    A ``provenance`` entry is added: the package versions and the seeds of the job's config. The file is
+    strict JSON (``json_bytes``): an undefined value such as a NaN p-value is written as null."""
     path = Path(out_dir) / "results.json"
     record = {**results, "provenance": _provenance(Path(out_dir))}
-    atomic_write_bytes(path, (json.dumps(_jsonable(record), indent=2) + "\n").encode())
+    atomic_write_bytes(path, json_bytes(record))
     return path
 
 
@@ -188,7 +196,7 @@ def _record_failure(out: Path, err: BaseException, user_error: bool, cfg: DictCo
             provenance["seeds"] = config_seeds(cfg)
     record = {"status": "failed", "error": str(err), "type": type(err).__name__, "user_error": user_error,
               "traceback": None if user_error else traceback.format_exc(), "provenance": provenance}
-    atomic_write_bytes(path, (json.dumps(_jsonable(record), indent=2) + "\n").encode())
+    atomic_write_bytes(path, json_bytes(record))
     return path
 
 

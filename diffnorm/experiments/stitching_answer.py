@@ -23,7 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 from scipy import stats
 
 from diffnorm.errors import require
-from diffnorm.experiments.common import resolve_path, write_results
+from diffnorm.experiments.common import json_bytes, resolve_path, write_results
 from diffnorm.io import atomic_write_bytes
 from diffnorm.plotting.stitching import answer_bars, leak_scatter
 
@@ -128,7 +128,7 @@ def update_summary(path: Path, entries: dict[str, Any]) -> Path:
     """Merge ``entries`` into the summary file at ``path`` (other benchmarks' entries are kept)."""
     summary = json.loads(path.read_text()) if path.is_file() else {}
     summary.update(entries)
-    atomic_write_bytes(path, (json.dumps(dict(sorted(summary.items())), indent=2) + "\n").encode())
+    atomic_write_bytes(path, json_bytes(dict(sorted(summary.items()))))
     return path
 
 
