@@ -514,6 +514,31 @@ def test_results_json_is_strict_json(tmp_path):
     assert record["inf"] is None and record["values"] == [0.5, None] and record["losses"] == [None, 2.0]
 
 
+
+def test_learning_curve_summary_is_strict_sorted_json(tmp_path):
+    from diffnorm.experiments.learning_curve import update_summary
+
+    def record(env, norm, sem):
+        final = {"step": 10, "train_seconds": 1.5, "episodes": 1, "score_mean": 50.0, "score_sem": sem,
+                 "success_rate": 1.0}
+        return {"env": env, "norm": norm, "final": final, "final_multi": None, "time_to_published_s": None,
+                "preset": "cpu_umaze"}
+
+    path = tmp_path / "summary.json"
+    update_summary(path, [record("maze2d-umaze", "none", float("nan"))], None)  # one episode: sem undefined
+    update_summary(path, [record("maze2d-medium", "group", 2.0)], "cpu_medium")
+
+    def reject(constant):
+        raise ValueError(f"non-standard JSON constant {constant}")
+
+    text = path.read_text()
+    summary = json.loads(text, parse_constant=reject)
+    assert list(summary) == ["maze2d-medium", "maze2d-umaze"] and text.index('"episodes"') < text.index('"preset"')
+    assert summary["maze2d-umaze"]["none"]["score_sem"] is None
+    assert summary["maze2d-medium"]["group"] == {
+        "steps": 10, "train_seconds": 1.5, "episodes": 1, "score_mean": 50.0, "score_sem": 2.0, "success": 1.0,
+        "multi_score_mean": None, "time_to_published_s": None, "preset": "cpu_medium"}
+
 # -------------------------------------------------------------------------- 4. determinism, provenance
 
 def test_same_seed_same_dataset_file(tmp_path):

@@ -156,10 +156,10 @@ def _provenance(out_dir: Path) -> dict[str, Any]:
     return record
 
 
-def json_bytes(record: Any) -> bytes:
+def json_bytes(record: Any, sort_keys: bool = False) -> bytes:
     """``record`` as strict JSON (RFC 8259), indented: numpy/torch values and paths converted, NaN and
     infinities written as null, which every JSON reader accepts (``jq``, JavaScript, ``json.loads``)."""
-    return (json.dumps(_jsonable(record), indent=2, allow_nan=False) + "\n").encode()
+    return (json.dumps(_jsonable(record), indent=2, allow_nan=False, sort_keys=sort_keys) + "\n").encode()
 
 
 def write_results(out_dir: Path, results: dict[str, Any]) -> Path:

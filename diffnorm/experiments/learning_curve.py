@@ -28,6 +28,7 @@ from omegaconf import DictConfig, OmegaConf
 from diffnorm.envs.maze2d import maze_spec
 from diffnorm.experiments.common import (
     atomic_write_bytes,
+    json_bytes,
     require,
     resolve_device,
     resolve_path,
@@ -79,7 +80,7 @@ def update_summary(path: Path, records: list[dict[str, Any]], preset: str | None
     summary = json.loads(path.read_text()) if path.is_file() else {}
     for r in records:
         summary.setdefault(r["env"], {})[r["norm"]] = summary_entry(r, preset or r["preset"])
-    atomic_write_bytes(path, (json.dumps(summary, indent=2, sort_keys=True) + "\n").encode())
+    atomic_write_bytes(path, json_bytes(summary, sort_keys=True))
     return path
 
 

@@ -17,7 +17,7 @@ import numpy as np
 from omegaconf import DictConfig
 
 from diffnorm.errors import ConfigError, require
-from diffnorm.experiments.common import resolve_path, write_results
+from diffnorm.experiments.common import json_bytes, resolve_path, write_results
 from diffnorm.io import atomic_write_bytes
 
 Claim = dict[str, Any]
@@ -236,7 +236,7 @@ def toy_summary(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
             raise ConfigError(f"runs.{job}={cfg.runs[job]}: {err}") from None
     write_results(out_dir, claims)
     if cfg.summary:
-        atomic_write_bytes(resolve_path(cfg.summary), (json.dumps(claims, indent=2) + "\n").encode())
+        atomic_write_bytes(resolve_path(cfg.summary), json_bytes(claims))
     for claim_id, claim in claims.items():
         print(f"{claim_id:>28}: {'matches' if claim['matches'] else 'DIFFERS'} ({claim['seeds']} seeds): {claim['ours']}")
     return claims
