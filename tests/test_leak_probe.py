@@ -166,3 +166,19 @@ def test_a_plan_shorter_than_the_receptive_field_is_flagged_as_measuring_nothing
     assert res["beyond_rf_set_empty"] is True and res["horizon"] == 32
     assert "warning: at H=32 no plan index lies beyond the receptive field" in proc.stdout
     assert "measure at a longer plan with horizon=<H>" in proc.stdout + proc.stderr  # the log line
+
+
+def test_horizon_is_checked_before_training(script, tmp_path):
+    """With no checkpoints the job trains its own models; a horizon they cannot take stops it before any
+    training, and one with nothing beyond the receptive field is flagged before the training starts."""
+    data_dir = tmp_path / "data"
+    proc = script("leak_probe", "norms=[group,none]", train_overrides(data_dir), "horizon=33", run_dir=tmp_path / "bad")
+    assert proc.returncode == 2 and "horizon=33 must be a positive multiple of 2" in proc.stderr
+    assert "Traceback" not in proc.stderr and not (tmp_path / "bad" / "train").exists()
+
+    proc = script("leak_probe", "norms=[none]", train_overrides(data_dir), "horizon=32", *SMALL,
+                  "influence.t_fractions=[1.0]", "leakage.t_fractions=[1.0]", "probe.sites=[final_block]",
+                  run_dir=tmp_path / "short")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    log = (tmp_path / "short" / "leak_probe.log").read_text()
+    assert log.index("at H=32 every plan index sees every other") < log.index("trained into")

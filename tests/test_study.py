@@ -41,3 +41,29 @@ def test_study_runs_every_stage_and_reports(script, tmp_path):
         assert f"]({rel})" in report
         caption = next(l for l in lines if l.startswith(f"**{rel}.**"))
         assert "described in its title" not in caption, f"{rel} has no caption of its own"
+
+
+def test_study_rerun_reuses_finished_stages(script, tmp_path):
+    data_dir = f"data_dir={tmp_path / 'data'}"
+    plan = ["episodes=2", "max_steps=20", "plot_episodes=2"]
+
+    def run(plan_overrides):
+        proc = script("study", f"train_overrides={_listing(TRAIN + [data_dir])}", f"toy_overrides={_listing(TOY)}",
+                      f"leak_overrides={_listing(LEAK)}", f"plan_overrides={_listing(plan_overrides)}",
+                      "norms=[group,none]", "workers=1", run_dir=tmp_path / "run")
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        return proc.stdout + proc.stderr, load_results(tmp_path / "run")
+
+    _, first = run(plan)
+    output, again = run(plan)
+    for stage in ("toy", "leak", "plan/group", "plan/none"):
+        assert f"{tmp_path / 'run' / stage}: reusing the finished" in output, stage
+    for norm in ("group", "none"):
+        assert f"{tmp_path / 'run' / 'train' / norm}: reusing the finished training there" in output
+    assert again["leak"]["comparison"] == first["leak"]["comparison"]
+    assert again["planning"] == first["planning"]
+
+    output, more = run(["episodes=3", "max_steps=20", "plot_episodes=2"])  # only the rollouts change
+    assert f"{tmp_path / 'run' / 'leak'}: reusing the finished" in output
+    assert "plan/group: reusing" not in output and more["planning"]["group"]["episodes"] == 3
+

@@ -66,8 +66,13 @@ def _train_quick(cfg: DictConfig, out: Path) -> list[Path]:
     a run directory that already holds the run these overrides train is reused (``train_or_reuse``)."""
     runs = []
     overrides = [[*cfg.train_overrides, f"norm={n}"] for n in cfg.norms]
-    for o in overrides:  # fail on a bad site before any training
-        _check_sites(build_diffusion(compose_training(o)).model, cfg.probe.sites)
+    for o in overrides:  # fail on a bad site or horizon before any training, and warn before it too
+        model = build_diffusion(compose_training(o)).model
+        _check_sites(model, cfg.probe.sites)
+        if cfg.horizon is not None:
+            _check_horizon(model, cfg.horizon)
+    horizon = cfg.horizon if cfg.horizon is not None else compose_training(overrides[0]).env.horizon
+    _warn_if_beyond_rf_empty(int(horizon), *receptive_field(model))
     for norm, o in zip(cfg.norms, overrides):
         run = out / "train" / str(norm)
         _, reused = train_or_reuse(o, run)
@@ -104,13 +109,33 @@ def _check_sites(model: torch.nn.Module, sites: Any) -> list[str]:
     return names
 
 
+def _check_horizon(model: torch.nn.Module, horizon: int) -> None:
+    multiple = int(getattr(model, "length_multiple", 1))
+    require(horizon >= multiple and horizon % multiple == 0,
+            f"horizon={horizon} must be a positive multiple of {multiple} (the U-Net's length multiple)")
+
+
+def _beyond_rf_empty(horizon: int, left: int, right: int) -> bool:
+    # Output i and input j are beyond the receptive field when j - i < -left or > right; at a horizon
+    # H no pair is when H - 1 <= min(left, right), and every beyond-RF number would be a zero by construction.
+    return horizon - 1 <= min(left, right)
+
+
+def _warn_if_beyond_rf_empty(horizon: int, left: int, right: int) -> bool:
+    empty = _beyond_rf_empty(horizon, left, right)
+    if empty:
+        log.warning("at H=%d every plan index sees every other in one pass (receptive field %d/%d): the beyond-RF "
+                    "set is empty, so beyond-RF numbers are zero by construction; measure at a longer plan "
+                    "with horizon=<H> (the U-Net is fully convolutional; 384 for the published network)",
+                    horizon, left, right)
+    return empty
+
+
 def _evaluate_at(loaded: LoadedDiffuser, horizon: int) -> None:
     """Measure at another plan length than the one trained: the U-Net is fully convolutional, so a
     net trained on short windows (umaze, H = 128 < its receptive field) can be run on windows long
     enough to have indices beyond the receptive field; data windows of that length are cut anew."""
-    multiple = int(getattr(loaded.diffusion.model, "length_multiple", 1))
-    require(horizon >= multiple and horizon % multiple == 0,
-            f"horizon={horizon} must be a positive multiple of {multiple} (the U-Net's length multiple)")
+    _check_horizon(loaded.diffusion.model, horizon)
     OmegaConf.update(loaded.cfg, "env.horizon", horizon)
     loaded.diffusion.horizon = horizon
 
@@ -257,14 +282,7 @@ def leak_probe(cfg: DictConfig, out: Path) -> dict[str, Any]:
             raise ConfigError(f"{label} has receptive field {m['receptive_field']}, the first model "
                               f"{[left, right]}; compare one architecture per run")
     horizon = horizons.pop()
-    # Output i and input j are beyond the receptive field when j - i < -left or > right; at a horizon
-    # H no pair is when H - 1 <= min(left, right), and every number below would be a zero by construction.
-    beyond_empty = horizon - 1 <= min(left, right)
-    if beyond_empty:
-        log.warning("at H=%d every plan index sees every other in one pass (receptive field %d/%d): the beyond-RF "
-                    "set is empty, so beyond-RF numbers are zero by construction; measure at a longer plan "
-                    "with horizon=<H> (the U-Net is fully convolutional; 384 for the published network)",
-                    horizon, left, right)
+    beyond_empty = _warn_if_beyond_rf_empty(horizon, left, right)
     figures = {
         "influence_heatmaps": plots.influence_heatmaps(measured, left, right, out / "influence_heatmaps.png"),
         "influence_profiles": plots.influence_profiles(measured, left, right, out / "influence_profiles.png"),

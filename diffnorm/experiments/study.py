@@ -3,11 +3,14 @@ leak probe -> planning rollouts -> ``report.md`` that opens with the answer.
 
 Every stage is the package's own job function on a config composed exactly as its script would
 compose it, writing into a sub-directory of the study's run directory; the report only reads their
-results.json files.
+results.json files. Rerun into the same directory, a study reuses what is finished: trainings by
+``train_or_reuse``'s rule (and continues one stopped part-way), every other stage when it was run with
+the same overrides on inputs that were themselves reused.
 """
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -15,8 +18,10 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from diffnorm.config import job_function
-from diffnorm.experiments.common import compose_job, compose_training, write_results
+from diffnorm.experiments.common import compose_job, compose_training, json_bytes, write_results
+from diffnorm.experiments.diffuser import train_or_reuse
 from diffnorm.experiments.parallel import map_trials
+from diffnorm.io import atomic_write_bytes
 from diffnorm.plotting.grid import image_grid
 from diffnorm.probing.stats import welch_difference
 
@@ -28,6 +33,25 @@ def run_composed(job: str, overrides: list[str], out: str) -> dict[str, Any]:
     """
     Path(out).mkdir(parents=True, exist_ok=True)  # as Hydra would have made it
     return job_function(job)(compose_job(job, overrides), Path(out))
+
+
+STAGE_RECORD = "study_stage.json"  # the job and overrides a stage directory's results.json came from
+
+
+def run_or_reuse(job: str, overrides: list[str], out: str, inputs_reused: bool = True) -> tuple[dict[str, Any], bool]:
+    """(results, reused): ``out``'s finished run when it came from the same ``job`` and ``overrides`` and
+    its inputs (``inputs_reused``: the checkpoints it reads were not retrained) are unchanged; otherwise
+    ``run_composed``. Top-level so worker processes can run it."""
+    path, settings = Path(out), {"job": job, "overrides": list(overrides)}
+    record = path / STAGE_RECORD
+    if (inputs_reused and (path / "results.json").is_file() and record.is_file()
+            and json.loads(record.read_text()) == settings):
+        print(f"[study] {path}: reusing the finished {job} run there", flush=True)
+        return json.loads((path / "results.json").read_text()), True
+    record.unlink(missing_ok=True)  # a stage stopped while being replaced is never taken for the old one
+    results = run_composed(job, overrides, out)
+    atomic_write_bytes(record, json_bytes(settings))
+    return results, False
 
 
 def study(cfg: DictConfig, out: Path) -> dict[str, Any]:
@@ -50,21 +74,21 @@ def study(cfg: DictConfig, out: Path) -> dict[str, Any]:
     data_overrides = env + [f"steps={train_cfg.env.dataset_steps}", f"seed={train_cfg.data_seed}",
                             f"data_dir={train_cfg.data_dir}", "progress=false"]
     data = stage("data", run_composed, "make_maze_dataset", data_overrides, str(out / "data"))
-    toy = stage("toy", run_composed, "localization", list(cfg.toy_overrides), str(out / "toy"))
+    toy, _ = stage("toy", run_or_reuse, "localization", list(cfg.toy_overrides), str(out / "toy"))
 
     runs = {str(n): out / "train" / str(n) for n in cfg.norms}
-    train_jobs = [dict(job="train_diffuser", out=str(run),
-                       overrides=env + list(cfg.train_overrides) + [f"norm={n}", f"seed={cfg.seed}"])
+    train_jobs = [dict(out=run, overrides=env + list(cfg.train_overrides) + [f"norm={n}", f"seed={cfg.seed}"])
                   for n, run in runs.items()]
-    trained = stage("train", map_trials, run_composed, train_jobs, cfg.workers, "train planners")
+    trained, reused = zip(*stage("train", map_trials, train_or_reuse, train_jobs, cfg.workers, "train planners"))
 
     checkpoints = "[" + ",".join(str(r) for r in runs.values()) + "]"
-    leak = stage("leak_probe", run_composed, "leak_probe",
-                 [f"checkpoints={checkpoints}"] + list(cfg.leak_overrides), str(out / "leak"))
-    plan_jobs = [dict(job="plan_maze", out=str(out / "plan" / n),
+    leak, _ = stage("leak_probe", run_or_reuse, "leak_probe", [f"checkpoints={checkpoints}"] + list(cfg.leak_overrides),
+                    str(out / "leak"), all(reused))
+    plan_jobs = [dict(job="plan_maze", out=str(out / "plan" / n), inputs_reused=r,
                       overrides=[f"checkpoint={run}", f"seed={cfg.seed}", "progress=false"] + list(cfg.plan_overrides))
-                 for n, run in runs.items()]
-    planned = dict(zip(runs, stage("plan", map_trials, run_composed, plan_jobs, cfg.workers, "plan rollouts")))
+                 for (n, run), r in zip(runs.items(), reused)]
+    planned = {n: p for n, (p, _) in zip(runs, stage("plan", map_trials, run_or_reuse, plan_jobs, cfg.workers,
+                                                      "plan rollouts"))}
 
     def report() -> dict[str, Any]:
         results = summarize(cfg, data, toy, dict(zip(runs, trained)), leak, planned, timings)
@@ -193,8 +217,8 @@ def write_report(path: Path, r: dict[str, Any], out: Path) -> Path:
               f"The planners plan {h_trained}-step windows of {env}, and every index of such a plan sees its start "
               f"and its goal in one forward pass (receptive field {rf['left']} left, {rf['right']} right), so the "
               "side channel has nothing to carry that the convolutions do not already see. Single-task "
-              f"{env} therefore is not the stitching test: that is the stitching study (`scripts/stitching_study.py`; "
-              "which answers it with several seeds per norm), on data where no episode joins a "
+              f"{env} therefore is not the stitching test: that is the stitching study (`scripts/stitching_study.py`, "
+              "several seeds per norm), on data where no episode joins a "
               "task's start and goal. One planner per norm and one seed also cannot separate the norm from seed "
               "noise.", "",
               "## Terms", "",
