@@ -67,12 +67,13 @@ def _train_quick(cfg: DictConfig, out: Path) -> list[Path]:
     runs = []
     overrides = [[*cfg.train_overrides, f"norm={n}"] for n in cfg.norms]
     for o in overrides:  # fail on a bad site or horizon before any training, and warn before it too
-        model = build_diffusion(compose_training(o)).model
+        train_cfg = compose_training(o)
+        model = build_diffusion(train_cfg).model
         _check_sites(model, cfg.probe.sites)
         if cfg.horizon is not None:
             _check_horizon(model, cfg.horizon)
-    horizon = cfg.horizon if cfg.horizon is not None else compose_training(overrides[0]).env.horizon
-    _warn_if_beyond_rf_empty(int(horizon), *receptive_field(model))
+    _warn_if_beyond_rf_empty(int(cfg.horizon if cfg.horizon is not None else train_cfg.env.horizon),
+                             *receptive_field(model))
     for norm, o in zip(cfg.norms, overrides):
         run = out / "train" / str(norm)
         _, reused = train_or_reuse(o, run)
@@ -115,14 +116,11 @@ def _check_horizon(model: torch.nn.Module, horizon: int) -> None:
             f"horizon={horizon} must be a positive multiple of {multiple} (the U-Net's length multiple)")
 
 
-def _beyond_rf_empty(horizon: int, left: int, right: int) -> bool:
+def _warn_if_beyond_rf_empty(horizon: int, left: int, right: int) -> bool:
+    """Whether no output index has an input beyond its receptive field at this horizon (warned if so)."""
     # Output i and input j are beyond the receptive field when j - i < -left or > right; at a horizon
     # H no pair is when H - 1 <= min(left, right), and every beyond-RF number would be a zero by construction.
-    return horizon - 1 <= min(left, right)
-
-
-def _warn_if_beyond_rf_empty(horizon: int, left: int, right: int) -> bool:
-    empty = _beyond_rf_empty(horizon, left, right)
+    empty = horizon - 1 <= min(left, right)
     if empty:
         log.warning("at H=%d every plan index sees every other in one pass (receptive field %d/%d): the beyond-RF "
                     "set is empty, so beyond-RF numbers are zero by construction; measure at a longer plan "
