@@ -514,7 +514,6 @@ def test_results_json_is_strict_json(tmp_path):
     assert record["inf"] is None and record["values"] == [0.5, None] and record["losses"] == [None, 2.0]
 
 
-
 def test_learning_curve_summary_is_strict_sorted_json(tmp_path):
     from diffnorm.experiments.learning_curve import update_summary
 
@@ -538,6 +537,7 @@ def test_learning_curve_summary_is_strict_sorted_json(tmp_path):
     assert summary["maze2d-medium"]["group"] == {
         "steps": 10, "train_seconds": 1.5, "episodes": 1, "score_mean": 50.0, "score_sem": 2.0, "success": 1.0,
         "multi_score_mean": None, "time_to_published_s": None, "preset": "cpu_medium"}
+
 
 # -------------------------------------------------------------------------- 4. determinism, provenance
 

@@ -66,4 +66,3 @@ def test_study_rerun_reuses_finished_stages(script, tmp_path):
     output, more = run(["episodes=3", "max_steps=20", "plot_episodes=2"])  # only the rollouts change
     assert f"{tmp_path / 'run' / 'leak'}: reusing the finished" in output
     assert "plan/group: reusing" not in output and more["planning"]["group"]["episodes"] == 3
-

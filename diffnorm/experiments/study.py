@@ -38,7 +38,8 @@ def run_composed(job: str, overrides: list[str], out: str) -> dict[str, Any]:
 STAGE_RECORD = "study_stage.json"  # the job and overrides a stage directory's results.json came from
 
 
-def run_or_reuse(job: str, overrides: list[str], out: str, inputs_reused: bool = True) -> tuple[dict[str, Any], bool]:
+def run_or_reuse(job: str, overrides: list[str], out: str,
+                 inputs_reused: bool = True) -> tuple[dict[str, Any], bool]:
     """(results, reused): ``out``'s finished run when it came from the same ``job`` and ``overrides`` and
     its inputs (``inputs_reused``: the checkpoints it reads were not retrained) are unchanged; otherwise
     ``run_composed``. Top-level so worker processes can run it."""
@@ -79,11 +80,12 @@ def study(cfg: DictConfig, out: Path) -> dict[str, Any]:
     runs = {str(n): out / "train" / str(n) for n in cfg.norms}
     train_jobs = [dict(out=run, overrides=env + list(cfg.train_overrides) + [f"norm={n}", f"seed={cfg.seed}"])
                   for n, run in runs.items()]
-    trained, reused = zip(*stage("train", map_trials, train_or_reuse, train_jobs, cfg.workers, "train planners"))
+    trained, reused = zip(*stage("train", map_trials, train_or_reuse, train_jobs, cfg.workers,
+                                 "train planners"))
 
     checkpoints = "[" + ",".join(str(r) for r in runs.values()) + "]"
-    leak, _ = stage("leak_probe", run_or_reuse, "leak_probe", [f"checkpoints={checkpoints}"] + list(cfg.leak_overrides),
-                    str(out / "leak"), all(reused))
+    leak, _ = stage("leak_probe", run_or_reuse, "leak_probe",
+                    [f"checkpoints={checkpoints}"] + list(cfg.leak_overrides), str(out / "leak"), all(reused))
     plan_jobs = [dict(job="plan_maze", out=str(out / "plan" / n), inputs_reused=r,
                       overrides=[f"checkpoint={run}", f"seed={cfg.seed}", "progress=false"] + list(cfg.plan_overrides))
                  for (n, run), r in zip(runs.items(), reused)]
