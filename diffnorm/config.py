@@ -18,6 +18,7 @@ import importlib
 import importlib.util
 import inspect
 import logging
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +31,7 @@ from omegaconf.errors import OmegaConfBaseException
 from diffnorm.envs.maze2d import maze_names
 from diffnorm.errors import ConfigError
 from diffnorm.models.norms import NORM_LAYERS
+from diffnorm.models.registry import model_settings
 from diffnorm.toy.localization import check_inputs
 from diffnorm.training.step import LR_SCHEDULES
 
@@ -67,10 +69,13 @@ class EnvSchema:
 
 @dataclass
 class ModelSchema:
+    """The union of the registered networks' settings (``models.registry``); each config sets its own."""
     name: str
     dim: int
-    dim_mults: list[int]
     kernel_size: int
+    dim_mults: Optional[list[int]] = None  # temporal_unet
+    depth: Optional[int] = None  # eqnet
+    kernel_growth_every: Optional[int] = None  # eqnet
 
 
 @dataclass
@@ -349,6 +354,9 @@ class MakeMazeDatasetSchema:
 class StitchingStudySchema:
     env: EnvSchema  # the env config group: trainings are composed with the same option
     norms: list[str]
+    # {arm name: [train_diffuser overrides]} or null: planners other than a norm swap (a windowed norm, another
+    # network). Closed to new keys once composed, so it is given whole on the command line (arms={a: [...]}).
+    arms: Any
     seeds: list[int]
     baseline: str
     workers: int
@@ -372,6 +380,20 @@ class StitchingAnswerSchema:
     studies: Any
     leak_probes: Any
     baseline: str
+    summary: Optional[str]
+
+
+@dataclass
+class ExportDiffusersSchema:
+    checkpoint: Optional[str]  # required when the job runs
+    seed: int
+    leak: bool
+
+
+@dataclass
+class NormReachSchema:
+    studies: Any  # {benchmark key: stitching_study run dir}; given whole on the command line
+    leak_probes: Any  # {benchmark key: leak_probe run dir or list of them} or null
     summary: Optional[str]
 
 
@@ -407,6 +429,23 @@ def _one_of(cfg: dict, key: str, choices: tuple[Any, ...]) -> None:
     value = _get(cfg, key)
     if value not in choices:
         raise ConfigError(f"{key}={value!r} is not one of {list(choices)}")
+
+
+def _check_model(model: dict) -> None:
+    """``model.name`` is registered and every setting given is one of its network's."""
+    try:
+        accepted = model_settings(model["name"])
+    except ValueError as err:
+        raise ConfigError(f"model.name: {err}") from None
+    for key, value in model.items():
+        if key != "name" and value is not None and key not in accepted:
+            raise ConfigError(f"model.{key} is not a setting of model {model['name']!r} (its settings: {accepted})")
+    for key in ("dim_mults",) if model["name"] == "temporal_unet" else ():
+        if model[key] is None:
+            raise ConfigError(f"model.{key} is needed by model {model['name']!r}")
+    for key in ("depth", "kernel_growth_every"):
+        if model[key] is not None and model[key] < (1 if key == "depth" else 0):
+            raise ConfigError(f"model.{key}={model[key]} must be {'positive' if key == 'depth' else '>= 0'}")
 
 
 def _check_norm(norm: Any, channels: list[int]) -> None:
@@ -460,17 +499,18 @@ def _check_train_diffuser(cfg: dict) -> None:
               "model.kernel_size", "train.steps", "train.batch_size", "train.grad_accumulation", "train.ema_every",
               "train.checkpoint_every", "train.log_every", "train.n_samples", "train.num_threads",
               "diffusion.observation_dim", "diffusion.action_dim", "diffusion.num_steps")
-    _one_of(cfg, "model.name", ("temporal_unet",))
+    _check_model(model)
     _one_of(cfg, "diffusion.sampler", ("ddpm", "ddim", "dpm"))
     _one_of(cfg, "train.lr_schedule", LR_SCHEDULES)
     _one_of(cfg, "dataset_frame", ("auto", "diffnorm", "d4rl", "centred", "ogbench"))
-    mults = model["dim_mults"]
-    if len(mults) < 2 or min(mults) < 1:
-        raise ConfigError(f"model.dim_mults={mults} needs at least two positive multipliers")
-    multiple = 2 ** (len(mults) - 1)
-    if env["horizon"] % multiple:
-        raise ConfigError(f"env.horizon={env['horizon']} must be a positive multiple of {multiple} (the U-Net "
-                          f"halves it {len(mults) - 1} times with model.dim_mults={mults})")
+    mults = model["dim_mults"] or [1]  # eqnet: one resolution
+    if model["name"] == "temporal_unet":
+        if len(mults) < 2 or min(mults) < 1:
+            raise ConfigError(f"model.dim_mults={mults} needs at least two positive multipliers")
+        multiple = 2 ** (len(mults) - 1)
+        if env["horizon"] % multiple:
+            raise ConfigError(f"env.horizon={env['horizon']} must be a positive multiple of {multiple} (the U-Net "
+                              f"halves it {len(mults) - 1} times with model.dim_mults={mults})")
     if env["horizon"] > env["max_episode_steps"]:
         raise ConfigError(f"env.horizon={env['horizon']} is longer than an episode of {env['name']} "
                           f"(env.max_episode_steps={env['max_episode_steps']}): no plan could be followed to its end")
@@ -607,9 +647,46 @@ def _known_norms(cfg: dict) -> None:
         raise ConfigError(f"unknown norm(s) {unknown} in norms={cfg['norms']}; choose from {sorted(NORM_LAYERS)}")
 
 
+# Keys a study sets for each training itself: naming them in an override would be silently overruled.
+STUDY_SET_KEYS = ("env", "seed", "dataset", "data_dir")
+ARM_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+
+
+def _override_key(override: str) -> str:
+    return override.split("=", 1)[0].lstrip("+~")
+
+
+def study_arms(cfg: dict) -> dict[str, list[str]]:
+    """The stitching study's arms, in order: each of ``norms`` (overrides ``norm=<name>``), then ``arms``."""
+    arms = {n: [f"norm={n}"] for n in cfg["norms"]}
+    arms.update({str(k): [str(o) for o in v] for k, v in (cfg.get("arms") or {}).items()})
+    return arms
+
+
 def _check_stitching_study(cfg: dict) -> None:
     _known_norms(cfg)
-    _check_norm_comparison(cfg)
+    extra = cfg.get("arms") or {}
+    if not isinstance(extra, dict) or not all(isinstance(v, list) for v in extra.values()):
+        raise ConfigError(f"arms={extra!r} must map each arm's name to a list of train_diffuser overrides, e.g. "
+                          "arms={local_group_w9: ['norm=local_group','norm.window=9']}")
+    for name, overrides in extra.items():
+        if not ARM_NAME.fullmatch(str(name)) or name in cfg["norms"]:
+            raise ConfigError(f"arms.{name}: an arm's name must be letters, digits, '_', '.' or '-' and differ from "
+                              f"the norms {cfg['norms']}")
+        for key in map(_override_key, overrides):
+            if key in STUDY_SET_KEYS:
+                raise ConfigError(f"arms.{name}: {key}= is set by the study for every training; leave it out")
+    for key in map(_override_key, cfg["train_overrides"]):
+        if key in STUDY_SET_KEYS or key.split(".")[0] == "norm":
+            raise ConfigError(f"train_overrides: {key}= is set by the study for every training (norm by norms= "
+                              "and arms=, env by env=, seed by seeds=); leave it out")
+    names = list(study_arms(cfg))
+    if len(names) < 2:
+        raise ConfigError(f"norms={cfg['norms']} and arms={list(extra)} need at least two planners to compare")
+    if cfg["baseline"] not in names:
+        raise ConfigError(f"baseline={cfg['baseline']} must be one of the norms or arms {names}")
+    if len(set(cfg["norms"])) != len(cfg["norms"]):
+        raise ConfigError(f"norms={cfg['norms']} repeats a norm")
     seeds = cfg["seeds"]
     if len(set(seeds)) != len(seeds):
         raise ConfigError(f"seeds={seeds} must be distinct integers")
@@ -641,6 +718,8 @@ class Job(NamedTuple):
 # Every job, keyed by its name: the name of its script, its YAML config and its function.
 JOBS: dict[str, Job] = {
     "train_diffuser": Job(TrainDiffuserSchema, _check_train_diffuser, "diffuser"),
+    "norm_reach": Job(NormReachSchema, None, "norm_reach"),
+    "export_diffusers": Job(ExportDiffusersSchema, None, "export"),
     "plan_maze": Job(PlanMazeSchema, _check_plan_maze, "planning"),
     "learning_curve": Job(LearningCurveSchema, _check_learning_curve, "learning_curve"),
     "leak_probe": Job(LeakProbeSchema, _check_leak_probe, "leak_probe"),

@@ -97,7 +97,7 @@ def test_unknown_norm_is_one_line_error(script, tmp_path):
 
 
 @pytest.mark.parametrize(("override", "message"), [
-    ("seeds=[]", "at least two seeds"), ("seeds=[0,0]", "distinct integers"), ("norms=[group]", "two distinct"),
+    ("seeds=[]", "at least two seeds"), ("seeds=[0,0]", "distinct integers"), ("norms=[group]", "at least two planners"),
     ("baseline=channel", "baseline=channel must be one of"), ("stitch.episode_steps=16", "shorter than the training"),
     ("train_data=whole", "train_data='whole' is not one of ['stitch', 'full']"), ("protocols=[replan_0]", "must be null or >= 1"),
     ("protocols=[often]", "is not one of open_loop"), ("protocols=[open_loop,open_loop]", "repeat each other")])
@@ -105,6 +105,37 @@ def test_bad_input_raises_config_error(tmp_path, override, message):
     with pytest.raises(ConfigError, match=re.escape(message)):  # at composition or when the job starts
         stitching_study(compose_job("stitching_study", _tiny(tmp_path, override)), tmp_path / "run")
     assert not (tmp_path / "data").exists()
+
+
+def test_arms_beside_norms_train_their_own_networks_and_norms(tmp_path):
+    """An arm is any list of training overrides: a windowed norm and Eq-Net beside a plain norm, each in
+    runs/<arm>/seed<k>, with its network, norm and receptive fields (conv-only; with norms where finite)."""
+    arms = "arms={w3: ['norm=local_group','norm.window=3','norm.groups=2'], eq: ['model=eqnet','norm=channel']}"
+    res = stitching_study(compose_job("stitching_study", _tiny(tmp_path, "norms=[none]", arms)), tmp_path / "run")
+    assert res["norms"] == ["none", "w3", "eq"] and set(res["runs"]) == {"none", "w3", "eq"}
+    assert set(res["comparison_vs_baseline"]) == {"w3", "eq"}
+    info = res["arms"]
+    assert info["none"]["overrides"] == ["norm=none"] and info["none"]["receptive_field_with_norms"] == [147, 144]
+    assert info["w3"]["norm"] == {"name": "local_group", "window": 3, "groups": 2}
+    # Every norm of the 3-level U-Net adds one step each side at its own resolution: far more than the convs.
+    assert info["w3"]["receptive_field"] == [147, 144] and info["w3"]["receptive_field_with_norms"][0] > 147
+    assert info["eq"]["model"] == "eqnet" and info["eq"]["receptive_field"] == [61, 61]
+    trained = load_results(tmp_path / "run" / "runs" / "eq" / "seed1")
+    assert trained["norm"]["name"] == "channel"
+    assert (tmp_path / "run" / "plans_w3.png").stat().st_size > 0
+
+
+@pytest.mark.parametrize(("override", "message"), [
+    ("arms={w4: ['norm=local_group','norm.window=4']}", "norm.window=4 must be an odd positive number"),
+    ("arms={none: ['norm=group']}", "arms.none: an arm's name"),
+    ("arms={x: ['seed=3']}", "arms.x: seed= is set by the study"),
+    ("arms=['norm=group']", "must map each arm's name"),
+    ("train_overrides=['norm=grup']", "train_overrides: norm= is set by the study"),
+    ("train_overrides=['norm.groups=4']", "train_overrides: norm.groups= is set by the study")])
+def test_bad_arms_are_refused_before_any_work(tmp_path, override, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        stitching_study(compose_job("stitching_study", _tiny(tmp_path, override)), tmp_path / "run")
+    assert not (tmp_path / "data").exists() and not (tmp_path / "run").exists()
 
 
 @pytest.mark.parametrize("where", ["env.ogbench.replan_every=16", "train_overrides=['env.ogbench.replan_every=16']"])

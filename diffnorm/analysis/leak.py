@@ -8,7 +8,9 @@ Diffuser's U-Net), each independent of the others:
 * ``measure_probes``: probe localization at every probe site, counting localized indices whose reach
   excludes both ends of the plan;
 * ``measure_leakage``: the output change far from a changed goal (start) condition, in one forward pass
-  and over the whole sampling chain.
+  and over the whole sampling chain;
+* ``measure``: the first and third for *any* temporal denoiser (a diffusers ``UNet1DModel``, another
+  paper's network), on Gaussian windows, without a dataset or a diffnorm checkpoint.
 
 For a network without a time-pooling norm the first and the one-pass part of the third are exactly zero,
 and the second finds nothing beyond the receptive field: everything non-zero there is the side channel.
@@ -19,13 +21,17 @@ The inputs are windows of a ``SequenceDataset`` (``dataset_windows``); the confi
 from __future__ import annotations
 
 import contextlib
+import copy
 from collections.abc import Iterator
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 
 from diffnorm.analysis import influence
+from diffnorm.analysis.receptive_field import receptive_field
 from diffnorm.diffusion.gaussian import GaussianDiffusion
 from diffnorm.errors import require
 from diffnorm.probing.hooks import record_activations
@@ -206,3 +212,99 @@ def _blind_stats(delta: np.ndarray, blind: np.ndarray) -> dict[str, float]:
     beyond = delta[blind].mean() if blind.any() else 0.0
     return {"mean_beyond_rf": float(beyond), "max_beyond_rf": float(delta[blind].max()) if blind.any() else 0.0,
             "mean_within_rf": float(seen), "ratio_beyond_to_within": float(beyond / seen) if seen > 0 else 0.0}
+
+
+# ----------------------------------------------------------------------------- any temporal denoiser
+
+class SequenceDenoiser(nn.Module):
+    """Any temporal denoiser seen as ``f(x [B, H, D], t [B]) -> [B, H, D]``, with what the analysis reads
+    (``sequence_axis``, ``length_multiple``, ``transition_dim``, ``receptive_field_inputs``).
+
+    ``layout="BDH"`` adapts a network that takes and returns [B, D, H] (diffusers' ``UNet1DModel``); an
+    output with a ``sample`` attribute (diffusers' output classes) or a tuple is unwrapped to its tensor.
+    ``length_multiple``: the lengths the network accepts are its multiples (2 ** downsamplings of a U-Net).
+    """
+
+    sequence_axis = 1
+
+    def __init__(self, model: nn.Module, transition_dim: int, layout: str = "BHD", length_multiple: int = 1):
+        super().__init__()
+        require(layout in ("BHD", "BDH"), f"layout={layout!r}; choose 'BHD' ([batch, horizon, dim]) or 'BDH'")
+        require(transition_dim >= 1 and length_multiple >= 1,
+                f"transition_dim={transition_dim} and length_multiple={length_multiple} must be positive")
+        self.model, self.layout = model, layout
+        self.transition_dim, self.length_multiple = transition_dim, length_multiple
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        out = self.model(x.transpose(1, 2) if self.layout == "BDH" else x, t)
+        out = getattr(out, "sample", out)
+        out = out[0] if isinstance(out, tuple) else out
+        return out.transpose(1, 2) if self.layout == "BDH" else out
+
+    def receptive_field_inputs(self, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return torch.zeros(1, length, self.transition_dim), torch.zeros(1, dtype=torch.long)
+
+
+def diffusers_length_multiple(unet: nn.Module) -> int:
+    """2 ** (downsampling blocks) of a diffusers 1-D U-Net: the lengths it maps back to themselves."""
+    config = getattr(unet, "config", None)
+    require(config is not None and hasattr(config, "down_block_types"),
+            f"{type(unet).__name__} has no diffusers config with down_block_types")
+    return 2 ** (len(config.down_block_types) - 1)
+
+
+def measure(model: nn.Module, horizon: int, transition_dim: int, observation_dim: int | None = None, *,
+            layout: str = "BHD", length_multiple: int | None = None, n_diffusion_steps: int = 32,
+            n_windows: int = 4, t_fractions: tuple[float, ...] = (0.0, 0.5, 1.0), row_stride: int = 1,
+            chain_samples: int = 4, seed: int = 0, dtype: torch.dtype = torch.float64) -> dict[str, Any]:
+    """The leak probe for any temporal denoiser ``model(x, t)`` (x [B, H, D] or, ``layout="BDH"``,
+    [B, D, H]; integer diffusion steps t [B]): what one forward pass carries beyond its receptive field.
+
+    * ``receptive_field``: the conv-only reach (left, right) in steps, by autograd on a copy whose norms
+      (the registry's and torch's GroupNorm / LayerNorm / InstanceNorm / BatchNorm) are identities; and
+      ``receptive_field_with_norms``, the reach with windowed norms, or None where a norm pools the whole
+      sequence (``analysis.receptive_field``);
+    * ``beyond_rf_mass``: the share of the influence |d out_i / d in_j| (on ``n_windows`` Gaussian windows
+      x [n, H, D] with inpainted start and goal, at each diffusion step of ``t_fractions``) beyond that
+      reach; ``beyond_rf_mass_per_t`` per step;
+    * ``goal_one_pass_max_beyond_rf``: the largest mean output change, at indices blind to the goal, when
+      the goal changes (one forward pass); ``goal_chain_mean_beyond_rf``: the same over a whole DDPM chain
+      of ``n_diffusion_steps`` (where information may travel one receptive field per step).
+
+    ``observation_dim`` (default: all of ``transition_dim``) is the part the start and goal inpaint. The
+    model is copied (to ``dtype``), never changed. A network without a time-pooling norm gives exactly 0
+    for the beyond-RF mass and the one-pass leak (Pfrommer et al. 2025, Sec. 2). ``ValueError`` / ConfigError
+    for a bad layout, a horizon that is not a multiple of ``length_multiple``, or a non-positive size.
+    """
+    observation_dim = transition_dim if observation_dim is None else observation_dim
+    if length_multiple is None:
+        length_multiple = diffusers_length_multiple(model) if layout == "BDH" else int(
+            getattr(model, "length_multiple", 1))
+    require(horizon >= 2 and horizon % length_multiple == 0,
+            f"horizon={horizon} must be a multiple of {length_multiple} (the network's length multiple), >= 2")
+    require(1 <= observation_dim <= transition_dim, f"observation_dim={observation_dim} must lie in "
+            f"[1, transition_dim={transition_dim}]")
+    require(n_windows >= 1 and chain_samples >= 1, "n_windows and chain_samples must be positive")
+    net = SequenceDenoiser(copy.deepcopy(model), transition_dim, layout, length_multiple).to(dtype).eval()
+    left, right = receptive_field(net)
+    try:
+        with_norms: list[int] | None = list(receptive_field(net, with_norms=True))
+    except ValueError:
+        with_norms = None
+    diffusion = GaussianDiffusion(net, horizon, observation_dim, transition_dim - observation_dim,
+                                  n_diffusion_steps=n_diffusion_steps)
+    generator = torch.Generator().manual_seed(seed)
+    x0 = torch.randn(max(n_windows, chain_samples), horizon, transition_dim, generator=generator, dtype=dtype)
+    conditions = {0: x0[:, 0, :observation_dim], horizon - 1: x0[:, -1, :observation_dim]}
+    influence_cfg = SimpleNamespace(row_stride=row_stride, t_fractions=list(t_fractions), chunk_size=None)
+    leakage_cfg = SimpleNamespace(conditions=["goal"], t_fractions=list(t_fractions), chain_samples=chain_samples,
+                                  sampler="ddpm", num_steps=None)
+    part = {k: v[:n_windows] for k, v in conditions.items()}
+    influence_result = measure_influence(diffusion, x0[:n_windows], part, left, right, influence_cfg, seed)
+    goal = measure_leakage(diffusion, x0, conditions, left, right, leakage_cfg, seed, dtype)["goal"]
+    return {"horizon": horizon, "receptive_field": [left, right], "receptive_field_with_norms": with_norms,
+            "beyond_rf_mass": influence_result["beyond_rf_fraction"],
+            "beyond_rf_mass_per_t": {int(p["t"]): p["beyond_rf_fraction"] for p in influence_result["per_step"]},
+            "goal_one_pass_max_beyond_rf": goal["one_pass_max_beyond_rf"],
+            "goal_chain_mean_beyond_rf": goal["chain"]["mean_beyond_rf"],
+            "n_blind_to_goal": goal["n_blind"], "influence_map": influence_result["map"]}

@@ -155,7 +155,11 @@ def analyse(loaded: LoadedDiffuser, cfg: DictConfig, sites: list[str], dtype: to
     length = loaded.cfg.env.horizon
     seed = cfg.seed
     start, start_cpu = time.perf_counter(), time.process_time()
-    left, right = receptive_field(model)
+    left, right = receptive_field(model)  # conv-only: the yardstick every beyond-RF number is measured against
+    try:  # beside it, the reach a windowed norm really gives (None where a norm pools the whole plan)
+        with_norms: list[int] | None = list(receptive_field(model, with_norms=True))
+    except ValueError:
+        with_norms = None
     reaches = site_receptive_fields(model, sites, left=left, right=right)
     n_windows = max(cfg.influence.n_windows, cfg.leakage.n_windows)
     dataset = _dataset(loaded)
@@ -189,7 +193,7 @@ def analyse(loaded: LoadedDiffuser, cfg: DictConfig, sites: list[str], dtype: to
             "trained_horizon": int(getattr(model, "horizon", length)),
             "n_diffusion_steps": diffusion.n_diffusion_steps,
             "norm": OmegaConf.to_container(loaded.cfg.norm, resolve=True), "seed": int(loaded.cfg.seed),
-            "receptive_field": [left, right],
+            "receptive_field": [left, right], "receptive_field_with_norms": with_norms,
             "influence": influence, "probes": probes, "leakage": leakage, "timings": timings}
 
 

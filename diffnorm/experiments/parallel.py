@@ -11,6 +11,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
@@ -63,6 +64,33 @@ def _sigterm_as_ctrl_c() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+# How long stopped workers get to finish the step they are on and write its checkpoint.
+GRACE_S = 60.0
+
+
+def _stop_workers(pool: ProcessPoolExecutor) -> None:
+    """Stop every trial in flight the way Ctrl-C stops one training: SIGINT to each worker, whose training
+    loop then checkpoints the step it is on and returns (a worker between trainings, e.g. evaluating,
+    ignores it); queued trials are cancelled. Workers still busy after ``GRACE_S`` seconds, or when a
+    second Ctrl-C arrives, are ended at once. The executor keeps its processes in a private mapping:
+    there is no public way to signal them."""
+    processes = list(getattr(pool, "_processes", {}).values())
+    pool.shutdown(wait=False, cancel_futures=True)
+    for process in processes:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(process.pid, signal.SIGINT)
+    deadline = time.monotonic() + GRACE_S
+    try:
+        for process in processes:  # a worker whose trial has returned exits: the pool is shut down
+            process.join(timeout=max(0.0, deadline - time.monotonic()))
+    except KeyboardInterrupt:
+        pass
+    finally:
+        for process in processes:
+            if process.is_alive():
+                process.terminate()
+
+
 def map_trials(fn: Callable[..., Any], jobs: Sequence[dict], workers: int, desc: str) -> list[Any]:
     """``[fn(**job) for job in jobs]``, spread over ``workers`` processes, in order, with a progress bar.
 
@@ -82,10 +110,6 @@ def map_trials(fn: Callable[..., Any], jobs: Sequence[dict], workers: int, desc:
             for future in tqdm(futures, desc=desc):
                 future.result()
         except KeyboardInterrupt:
-            # Leaving the block would wait for every running trial; end the workers instead. The
-            # executor keeps its processes in a private mapping: there is no public terminate().
-            for process in list(getattr(pool, "_processes", {}).values()):
-                process.terminate()
-            pool.shutdown(wait=False, cancel_futures=True)
+            _stop_workers(pool)
             raise
         return [f.result() for f in futures]

@@ -1,4 +1,4 @@
-"""Stitching study: ``stitching_study(cfg, out)`` trains one Diffuser per norm x seed on a maze's
+"""Stitching study: ``stitching_study(cfg, out)`` trains one Diffuser per arm x seed on a maze's
 stitch dataset (or, ``train_data=full``, the ceiling control: its whole-path dataset) and evaluates each
 on the maze's stitch tasks under one or more planning protocols (``planning.rollout.Protocol``).
 
@@ -13,7 +13,10 @@ unit of replication: each norm's per-seed numbers are compared with the baseline
 (``probing.stats.summarize``). results.json records the plan horizon and the network's receptive field,
 and whether some plan index lies beyond it (the only place a norm's side channel could matter).
 
-Run directory: ``runs/<norm>/seed<k>/`` (a train_diffuser run + ``stitch_eval[_<protocol>].json`` +
+An arm is a norm of ``norms`` (its trainings override ``norm=<name>``) or an entry of ``arms`` (its own
+overrides: a windowed norm, another network); everything below that says norm means arm.
+
+Run directory: ``runs/<arm>/seed<k>/`` (a train_diffuser run + ``stitch_eval[_<protocol>].json`` +
 ``stitch_rollouts[_<protocol>].npz``), ``plans_<norm>.png``, ``success[_<protocol>].png``,
 ``success_per_task.png``, ``plan_quality.png`` and ``results.json``.
 """
@@ -33,6 +36,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from diffnorm.analysis.influence import sees_both_ends
 from diffnorm.analysis.receptive_field import receptive_field
+from diffnorm.config import study_arms
 from diffnorm.data.d4rl_format import read_attrs
 from diffnorm.data.ogbench_stitch import ensure_ogbench_stitch_dataset
 from diffnorm.data.stitch import ensure_stitch_dataset
@@ -131,7 +135,7 @@ def _figures(out: Path, title: str, maze: str, norms: list[str], seed: int, runs
         replans = arrays["replans_xy"][1:, picks] if "replans_xy" in arrays.files else None
         files[f"plans_{n}_png"] = episode_grid(
             out / f"plans_{n}.png", maze, arrays["plans_xy"][picks], arrays["states_xy"][picks], arrays["goals"][picks],
-            labels, replans_xy=replans, title=f"{title}, norm={n}, seed {seed}: t = 0 plan"
+            labels, replans_xy=replans, title=f"{title}, {n}, seed {seed}: t = 0 plan"
             f"{', later plans (grey)' if replans is not None else ''} and rollout",
             max_panels=len(picks), columns=min(len(picks), 3))
     scored = any(row["score_mean"]["mean"] is not None for row in summary.values())
@@ -192,16 +196,36 @@ def _stitch_data(cfg: DictConfig, probe: DictConfig, data_dir: str) -> tuple[Pat
     return path, info
 
 
+def arm_description(overrides: list[str], cfg: DictConfig) -> dict[str, Any]:
+    """What one arm trains (network, norm, parameters) and its receptive field: conv-only (norms stripped,
+    the yardstick of the leak question) and, where every norm has a finite reach, with norms included."""
+    model = build_model(cfg)
+    try:
+        with_norms = list(receptive_field(model, with_norms=True))
+    except ValueError:  # a norm pools over the whole sequence
+        with_norms = None
+    return {"overrides": list(overrides), "model": str(cfg.model.name),
+            "norm": OmegaConf.to_container(cfg.norm, resolve=True),
+            "parameters": sum(p.numel() for p in model.parameters()),
+            "receptive_field": list(receptive_field(model)), "receptive_field_with_norms": with_norms}
+
+
 def stitching_study(cfg: DictConfig, out: Path) -> dict[str, Any]:
     """Stitch data -> norm x seed trainings (side by side) -> stitch-task rollouts -> comparison; see
     configs/stitching_study.yaml."""
     start = time.perf_counter()
-    norms, seeds = list(cfg.norms), list(cfg.seeds)
-    out.mkdir(parents=True, exist_ok=True)
+    arms, seeds = study_arms(OmegaConf.to_container(cfg, resolve=True)), list(cfg.seeds)
+    norms = list(arms)  # every arm is compared like a norm; the name is kept for readers of results.json
     env_override = [f"env={env_option(cfg)}"]
     train_overrides = [str(o) for o in cfg.train_overrides]
-    probe = compose_training(env_override + train_overrides + [f"norm={norms[0]}"])
+    # Every arm's training is composed (and so checked) before any data work or run directory.
+    composed = {a: compose_training(env_override + train_overrides + arms[a]) for a in norms}
+    probe = composed[norms[0]]
     maze, horizon = probe.env.name, probe.env.horizon
+    require(len({c.env.horizon for c in composed.values()}) == 1,
+            f"the arms train at different horizons {({a: c.env.horizon for a, c in composed.items()})}: "
+            "their stitch tasks would differ")
+    out.mkdir(parents=True, exist_ok=True)
     og = OmegaConf.select(probe, "env.ogbench")
     require(og is None or og.controller == "kinematic",
             f"env.ogbench.controller={None if og is None else og.controller}: OGBench's point is kinematic, "
@@ -221,7 +245,8 @@ def stitching_study(cfg: DictConfig, out: Path) -> dict[str, Any]:
     require(len({p.name for p in extra}) == len(extra), f"protocols={list(cfg.protocols)} repeat each other")
     extra = [p for p in extra if p != protocol]  # the main protocol is evaluated anyway
     names = [protocol.name] + [p.name for p in extra]
-    left, right = receptive_field(build_model(probe))
+    arm_info = {a: arm_description(arms[a], c) for a, c in composed.items()}
+    left, right = arm_info[norms[0]]["receptive_field"]
     reach = {"receptive_field": [left, right], "beyond_rf": horizon - 1 > min(left, right),
              "sees_both_ends": sees_both_ends(left, right, horizon)}
 
@@ -242,7 +267,7 @@ def stitching_study(cfg: DictConfig, out: Path) -> dict[str, Any]:
     # OpenMP threads each on two cores wait on each other and run several times slower than one at a time.
     # (Threads are not part of a run: train_or_reuse still finds the runs a one-worker study made.)
     threads = ["train.num_threads=1"] if cfg.workers > 1 and len(grid) > 1 else []
-    jobs = [{"overrides": env_override + train_overrides + [f"norm={n}", f"seed={s}"] + dataset + threads,
+    jobs = [{"overrides": env_override + train_overrides + arms[n] + [f"seed={s}"] + dataset + threads,
              "run": str(runs_dir / n / f"seed{s}"), "maze": maze, "episodes_per_task": cfg.episodes_per_task,
              "eval_seed": cfg.eval_seed, "max_steps": max_steps, "protocol": protocol.name,
              "device": cfg.device, "benchmark": benchmark, "extra_protocols": tuple(names[1:])} for n, s in grid]
@@ -284,7 +309,8 @@ def stitching_study(cfg: DictConfig, out: Path) -> dict[str, Any]:
         "ogbench_env": None if og is None else og.env, "horizon": horizon, **reach,
         "train_data": train_data, "protocol": protocol.name, "replan_every": protocol.replan_every,
         "replan_off_plan": protocol.replan_off_plan,
-        "norms": norms, "seeds": seeds, "baseline": baseline, "torch_threads": torch.get_num_threads(),
+        "norms": norms, "arms": arm_info, "seeds": seeds, "baseline": baseline,
+        "torch_threads": torch.get_num_threads(),
         "metric_definitions": dict(METRICS),
         "dataset": data_info,
         "runs": {n: {str(s): {k: v for k, v in r.items() if k != "per_episode"} for s, r in by.items()}
@@ -300,7 +326,7 @@ def stitching_study(cfg: DictConfig, out: Path) -> dict[str, Any]:
     write_results(out, results)
     for n in norms:
         sr = summary[n]["success_rate"]
-        line = f"{title}, norm={n}: success {sr['mean']:.0%} [95% CI {sr['ci_low']:.0%}, {sr['ci_high']:.0%}] over {len(seeds)} seeds"
+        line = f"{title}, {n}: success {sr['mean']:.0%} [95% CI {sr['ci_low']:.0%}, {sr['ci_high']:.0%}] over {len(seeds)} seeds"
         if n in comparisons:
             d = comparisons[n]["success_rate"]
             line += f"; vs {baseline}: {d['difference']:+.0%} [Welch {d['ci_low']:+.0%}, {d['ci_high']:+.0%}]"

@@ -59,14 +59,15 @@ class ResidualTemporalBlock(nn.Module):
     """Two Conv1dBlocks with the time embedding added (broadcast over time) between them, plus a skip.
 
     x [B, C_in, T], t_emb [B, E] -> [B, C_out, T]. The skip is a 1x1 conv when the width changes.
+    ``conv_layer`` builds the two convolutions (Eq-Net passes one with replicate padding).
     """
 
     def __init__(self, in_channels: int, out_channels: int, embed_dim: int, kernel_size: int,
-                 norm_layer: NormLayer):
+                 norm_layer: NormLayer, conv_layer: type[nn.Conv1d] = TimeMajorConv1d):
         super().__init__()
-        self.block1 = Conv1dBlock(in_channels, out_channels, kernel_size, norm_layer)
+        self.block1 = Conv1dBlock(in_channels, out_channels, kernel_size, norm_layer, conv_layer=conv_layer)
         self.time_mlp = nn.Sequential(nn.Mish(), nn.Linear(embed_dim, out_channels))
-        self.block2 = Conv1dBlock(out_channels, out_channels, kernel_size, norm_layer)
+        self.block2 = Conv1dBlock(out_channels, out_channels, kernel_size, norm_layer, conv_layer=conv_layer)
         self.residual = (TimeMajorConv1d(in_channels, out_channels, 1) if in_channels != out_channels
                          else nn.Identity())
 

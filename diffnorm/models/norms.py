@@ -3,7 +3,8 @@
 Every norm maps [batch, channels, time] -> [batch, channels, time]. What differs is the set of axes
 its statistics pool over, which decides whether it can carry information along the time axis
 (Pfrommer et al. 2025, Sec. 2): pooling over time (group, instance, layer, batch) opens a side
-channel across the whole sequence; pooling over channels only (channel) or not at all (none) does not.
+channel across the whole sequence; pooling over channels only (channel) or not at all (none) does not;
+pooling over a window of time steps (local_group) opens one as wide as the window.
 
 Configs name a norm (``configs/norm/<key>.yaml``); builders call ``norm_factory(name, **kwargs)``
 and hand the returned constructor to the network, which calls it with a channel count.
@@ -29,6 +30,8 @@ class SequenceNorm:
 
 class NoNorm(nn.Identity, SequenceNorm):
     """Identity without parameters. Pools over nothing; keeps module trees equal across norms."""
+
+    half_window = 0  # reaches no other time step (analysis.receptive_field)
 
     def __init__(self, channels: int):
         super().__init__()
@@ -103,6 +106,8 @@ class ChannelNorm(nn.Module, SequenceNorm):
     leak-free control that still rescales activations the way the other norms do.
     """
 
+    half_window = 0  # reaches no other time step (analysis.receptive_field)
+
     def __init__(self, channels: int, eps: float = 1e-5):
         super().__init__()
         self.eps = eps
@@ -113,6 +118,52 @@ class ChannelNorm(nn.Module, SequenceNorm):
         # torch's fused LayerNorm over the last axis of the [B, T, C] view; for a time-major x that view
         # is contiguous and the result is time-major again (models.layout).
         return F.layer_norm(x.transpose(1, 2), self.weight.shape, self.weight, self.bias, self.eps).transpose(1, 2)
+
+
+class LocalGroupNorm(nn.Module, SequenceNorm):
+    """GroupNorm whose statistics come from a centred window of ``window`` time steps, per sample and group.
+
+    Output t of group g is (x_t - mean_t) / sqrt(var_t + eps) with mean and variance over the group's
+    C/groups channels at the time steps t - window//2 .. t + window//2 that exist: the edges average
+    over fewer steps, nothing is padded in. Local Context Normalization (Ortiz et al., CVPR 2020,
+    arXiv 1912.05845) in 1-D. ``window`` counts the layer's own time steps: in a U-Net a layer below k
+    downsamplings pools a span of ``window * 2**k`` input steps. ``window = 1`` with ``groups = channels``
+    would normalize single numbers; with ``groups = 1`` it is ``channel`` exactly, and any window of at
+    least ``2 * T - 1`` steps covers the whole sequence from every position: ``group`` again.
+
+    The reach this adds to a layer, ``window // 2`` steps to each side, is the attribute ``half_window``,
+    which ``analysis.receptive_field`` reads for the receptive field with norms included.
+    """
+
+    def __init__(self, channels: int, window: int = 9, groups: int = 8, eps: float = 1e-5):
+        super().__init__()
+        if isinstance(window, bool) or not isinstance(window, int) or window < 1 or window % 2 == 0:
+            raise ValueError(f"norm.window={window!r} must be an odd positive number of time steps (a centred window)")
+        if groups < 1 or channels % groups:
+            raise ValueError(f"norm.groups={groups} must be a positive divisor of the {channels} channels")
+        self.window, self.groups, self.eps = window, groups, eps
+        self.half_window = window // 2
+        self.weight = nn.Parameter(torch.ones(channels))
+        self.bias = nn.Parameter(torch.zeros(channels))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, t = x.shape
+        xg = x.reshape(b, self.groups, c // self.groups, t)
+        # Per step first ([B, G, T]): the channels' variance and mean. Every step has the same channel
+        # count, so window averages (over the steps that exist: count_include_pad=False) of these give the
+        # window's mean, and its variance by the law of total variance: the mean within-step variance
+        # (computed stably per step) plus the variance of the step means (the only difference of squares,
+        # and exactly 0 for a window of one step).
+        step_var, step_mean = torch.var_mean(xg, dim=2, correction=0)
+        moments = torch.cat((step_var, step_mean, step_mean.square()), dim=1)
+        pooled = F.avg_pool1d(moments, self.window, stride=1, padding=self.half_window, count_include_pad=False)
+        within, mean, mean_sq = pooled.split(self.groups, dim=1)
+        var = within + (mean_sq - mean.square()).clamp_min(0.0)
+        y = (xg - mean[:, :, None]) * torch.rsqrt(var + self.eps)[:, :, None]
+        return y.reshape(b, c, t) * self.weight[:, None] + self.bias[:, None]
+
+    def extra_repr(self) -> str:
+        return f"{self.weight.numel()}, window={self.window}, groups={self.groups}, eps={self.eps}"
 
 
 NORM_LAYERS: dict[str, Callable[..., nn.Module]] = {}
@@ -132,6 +183,7 @@ for _name, _builder in {
     "layer": LayerNorm,
     "batch": BatchNorm,
     "channel": ChannelNorm,
+    "local_group": LocalGroupNorm,
 }.items():
     register_norm(_name, _builder)
 

@@ -135,3 +135,54 @@ def leak_scatter(path: Path, leaks: dict[str, dict[str, Any]], key: str, outcome
         ax.grid(alpha=0.3)
         ax.legend(title="norm", fontsize=7)
     return _save(fig, path)
+
+
+def span_response(path: Path, benchmarks: dict[str, dict[str, dict[str, Any]]], horizons: dict[str, int]) -> Path:
+    """PNG of stitching against the span of one norm statistic (``experiments.norm_reach`` entries): one
+    column per benchmark, connected first plans (top) and success (bottom) against the statistic's window
+    in full-resolution steps (log scale: ``none`` drawn at 0.5, ``channel`` at 1, ``group`` at the plan
+    length), each arm's seeds as dots and its mean with a 95 % interval; the U-Net's arms joined by a line,
+    Eq-Net's (and any other network's) beside them with their own marker."""
+    keys = list(benchmarks)
+    rows = [("connected", "connected first plans"), ("success", "success (main protocol)")]
+    fig, axes = plt.subplots(len(rows), len(keys), figsize=(1.0 + 4.2 * len(keys), 6.4), squeeze=False,
+                             sharey="row")
+    markers = {"temporal_unet": ("o", "tab:blue", 1.0), "eqnet": ("s", "tab:red", 1.25)}
+    for col, key in enumerate(keys):
+        arms, horizon = benchmarks[key], horizons[key]
+        for r, (metric, label) in enumerate(rows):
+            ax = axes[r, col]
+            series: dict[tuple[str, Any], list[tuple[float, dict[str, Any]]]] = {}
+            for entry in arms.values():
+                ladder = (entry["model"], 1 if entry.get("groups") == 1 else None)
+                series.setdefault(ladder, []).append((max(entry["statistic_span"], 0.5), entry[metric]))
+            for (model, one_group), points in series.items():
+                marker, colour, shift = markers.get(model, ("^", "tab:green", 0.8))
+                colour = "tab:purple" if one_group else colour
+                points.sort(key=lambda p: p[0])
+                xs = np.array([p[0] for p in points]) * shift
+                means = [p[1]["mean"] for p in points]
+                name = {"temporal_unet": "Diffuser U-Net", "eqnet": "Eq-Net"}.get(model, model)
+                ax.plot(xs, means, marker=marker, color=colour, lw=1.2, ms=6,
+                        label=name + (", 1 group" if one_group else ""))
+                for x, (_, cell) in zip(xs, points):
+                    if cell["mean"] is not None and cell["ci_low"] is not None:
+                        ax.errorbar(x, cell["mean"], yerr=[[cell["mean"] - cell["ci_low"]],
+                                                          [cell["ci_high"] - cell["mean"]]],
+                                    color=colour, capsize=3, lw=0.8)
+                    seeds = [v for v in cell["per_seed"] if v is not None]
+                    ax.scatter(np.full(len(seeds), x), seeds, color=colour, s=10, alpha=0.5, zorder=5)
+            ax.set_xscale("log", base=2)
+            ticks = sorted({max(e["statistic_span"], 0.5) for e in arms.values()})
+            names = {0.5: "none", 1: "channel\n1", horizon: f"group\n{horizon}"}
+            ax.set_xticks(ticks, [names.get(t, str(int(t))) for t in ticks])
+            ax.minorticks_off()
+            ax.set_ylim(-0.03, 1.03)
+            ax.grid(alpha=0.3)
+            ax.set_xlabel("span of one norm statistic (time steps at full resolution, log scale)")
+            if col == 0:
+                ax.set_ylabel(label)
+        axes[0, col].set_title(f"{key} (H = {horizon})")
+        axes[0, col].legend(loc="upper right")
+    fig.suptitle("Stitching against the span of the norm's statistics: seeds as dots, mean and 95 % CI")
+    return _save(fig, path)

@@ -4,13 +4,12 @@ is always rebuilt by the same code that trained it."""
 from __future__ import annotations
 
 from omegaconf import DictConfig, OmegaConf
+from torch import nn
 
 from diffnorm.diffusion.gaussian import GaussianDiffusion
-from diffnorm.errors import ConfigError, require
+from diffnorm.errors import ConfigError
 from diffnorm.models.norms import norm_factory
-from diffnorm.models.temporal_unet import TemporalUnet
-
-MODELS = ("temporal_unet",)
+from diffnorm.models.registry import model_class
 
 
 def architecture(cfg: DictConfig) -> dict:
@@ -24,19 +23,20 @@ def architecture(cfg: DictConfig) -> dict:
     }
 
 
-def build_model(cfg: DictConfig) -> TemporalUnet:
-    """TemporalUnet from ``cfg.model`` (name, dim, dim_mults, kernel_size) and ``cfg.norm``."""
-    model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
+def build_model(cfg: DictConfig) -> nn.Module:
+    """The registered network ``cfg.model.name`` (``models.registry``) with ``cfg.model``'s settings and
+    the norm ``cfg.norm``; settings left null belong to other networks and are dropped."""
+    model_cfg = {k: v for k, v in OmegaConf.to_container(cfg.model, resolve=True).items() if v is not None}
     name = model_cfg.pop("name", "temporal_unet")
-    require(name in MODELS, f"unknown model {name!r}; choose one of {list(MODELS)}")
     try:
+        network = model_class(name)
         norm_layer = norm_factory(**OmegaConf.to_container(cfg.norm, resolve=True))
-        return TemporalUnet(horizon=cfg.env.horizon,
-                            transition_dim=cfg.diffusion.observation_dim + cfg.diffusion.action_dim,
-                            norm_layer=norm_layer, **model_cfg)
+        return network(horizon=cfg.env.horizon,
+                       transition_dim=cfg.diffusion.observation_dim + cfg.diffusion.action_dim,
+                       norm_layer=norm_layer, **model_cfg)
     except ConfigError:
         raise
-    except (TypeError, ValueError) as err:  # unknown keys, unknown norm, groups not dividing widths
+    except (TypeError, ValueError) as err:  # unknown model or keys, unknown norm, groups not dividing widths
         raise ConfigError(f"cannot build the model from model={model_cfg} norm={dict(cfg.norm)}: {err}") from err
 
 

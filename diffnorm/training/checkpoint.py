@@ -32,6 +32,7 @@ from diffnorm.io import atomic_write_bytes
 from diffnorm.training.build import architecture, build_diffusion
 
 CONFIG = "config.yaml"
+DIFFUSERS_CONFIG = "config.json"  # a diffusers save_pretrained folder
 SCALER = "scaler.json"
 CHECKPOINT = "checkpoint.safetensors"
 EMA_WEIGHTS = "ema.safetensors"
@@ -198,15 +199,39 @@ def load_scaler(state: dict) -> Any:
     return TrajectoryScaler.from_state_dict(state)
 
 
+def _load_diffusers_folder(path: Path, device: str | torch.device) -> LoadedDiffuser:
+    """A diffusers ``UNet1DModel`` folder (``save_pretrained``; loaded from disk, never downloaded) that
+    carries diffnorm's config.yaml and scaler.json beside it, as ``export_diffusers`` writes it."""
+    from diffusers import UNet1DModel
+
+    from diffnorm.interop.unet1d import from_diffusers  # diffusers loads only for such folders
+
+    missing = [name for name in (CONFIG, SCALER) if not (path / name).is_file()]
+    require(not missing, f"{path} is a diffusers folder without diffnorm's {' and '.join(missing)}: diffnorm plans "
+            "with a planner's data scaling and settings (python scripts/export_diffusers.py writes both); measure "
+            "a bare network with diffnorm.analysis.leak.measure")
+    cfg = OmegaConf.load(path / CONFIG)
+    unet = UNet1DModel.from_pretrained(str(path), local_files_only=True)
+    diffusion = build_diffusion(cfg)
+    converted = from_diffusers(unet, horizon=int(cfg.env.horizon))
+    _load_weights(diffusion.model, converted.state_dict(), path)
+    scaler = load_scaler(json.loads((path / SCALER).read_text()))
+    return LoadedDiffuser(diffusion=diffusion.to(device).eval(), scaler=scaler, cfg=cfg, step=int(unet.config.get(
+        "diffnorm_step", -1)), path=path)
+
+
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> LoadedDiffuser:
     """Load the EMA network of a run for planning: ``path`` is a run directory or one of its
-    ``.safetensors`` files (config.yaml and scaler.json are read from the same directory).
+    ``.safetensors`` files (config.yaml and scaler.json are read from the same directory), or a diffusers
+    ``UNet1DModel`` folder exported with diffnorm's config.yaml and scaler.json (``export_diffusers``).
 
     Raises ConfigError for a missing path or files, and for weights whose architecture or norm differs
     from the config next to them.
     """
     path = Path(path)
     require(path.exists(), f"checkpoint {path} does not exist")
+    if path.is_dir() and (path / DIFFUSERS_CONFIG).is_file() and not (path / EMA_WEIGHTS).is_file():
+        return _load_diffusers_folder(path, device)
     if path.is_dir():
         candidates = [path / EMA_WEIGHTS, path / CHECKPOINT]
         found = [p for p in candidates if p.is_file()]

@@ -107,25 +107,31 @@ def _tensorboard(out: Path, start: int) -> Any:
 
 
 @contextlib.contextmanager
-def _sigint_flag() -> Iterator[dict[str, bool]]:
-    """While active, the first SIGINT only sets ``flag["stop"]`` (the loop then checkpoints and stops);
-    it also restores the previous handler, so a second Ctrl-C interrupts at once as usual."""
-    flag = {"stop": False}
+def _sigint_flag() -> Iterator[dict[str, Any]]:
+    """While active, the first SIGINT or SIGTERM only sets ``flag["stop"]`` to the signal's name (the loop
+    then checkpoints and stops); it also restores the previous handlers, so a second signal acts at once
+    as usual. SIGTERM too: a ``kill``, a cluster's preemption or a study stopping its workers then leaves
+    a checkpoint of the step the run reached."""
+    flag: dict[str, Any] = {"stop": False}
     if threading.current_thread() is not threading.main_thread():  # signals reach the main thread only
         yield flag
         return
-    previous = signal.getsignal(signal.SIGINT)
+    watched = (signal.SIGINT, signal.SIGTERM)
+    previous = {sig: signal.getsignal(sig) for sig in watched}
 
     def handler(signum: int, frame: Any) -> None:
-        flag["stop"] = True
-        signal.signal(signal.SIGINT, previous)
-        log.warning("SIGINT: stopping after this step with a checkpoint (Ctrl-C again to abort at once)")
+        flag["stop"] = signal.Signals(signum).name
+        for sig in watched:
+            signal.signal(sig, previous[sig])
+        log.warning("%s: stopping after this step with a checkpoint (again to abort at once)", flag["stop"])
 
-    signal.signal(signal.SIGINT, handler)
+    for sig in watched:
+        signal.signal(sig, handler)
     try:
         yield flag
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for sig in watched:
+            signal.signal(sig, previous[sig])
 
 
 def _agree(unchecked: list[torch.Tensor], stop: bool, world_size: int) -> tuple[torch.Tensor, bool]:
@@ -262,9 +268,9 @@ def train_diffusion(diffusion: GaussianDiffusion, dataset: Sequence[dict[str, An
             save_now = done % cfg.checkpoint_every == 0 or done == total
             # Under DDP every rank must take the same branch: a Ctrl-C is acted on only at a log or
             # checkpoint step, where all ranks agree on it (and on NaN losses) in one all-reduce.
-            stop = sigint["stop"] and info.world_size == 1
+            stop = bool(sigint["stop"]) and info.world_size == 1
             if log_now or save_now or stop:  # these steps synchronize anyway; a NaN stops before saving
-                losses, stop = _agree(unchecked, sigint["stop"], info.world_size)
+                losses, stop = _agree(unchecked, bool(sigint["stop"]), info.world_size)
                 _check_finite(losses, done, saved, out, cfg.lr)
                 unchecked = []
                 save_now = save_now or stop
@@ -290,8 +296,11 @@ def train_diffusion(diffusion: GaussianDiffusion, dataset: Sequence[dict[str, An
                 save_snapshot(out, run_cfg, ema.average.model, done, seconds())
             if stop and done < total:
                 bar.close()
-                raise TrainingInterrupted(f"SIGINT at step {done} of {total}: checkpoint written to {path}; "
-                                          f"continue with train.resume=true hydra.run.dir={out}")
+                stopped = TrainingInterrupted(f"{sigint['stop'] or 'SIGINT'} at step {done} of {total}: checkpoint "
+                                              f"written to {path}; continue with train.resume=true "
+                                              f"hydra.run.dir={out}")
+                stopped.exit_code = 143 if sigint["stop"] == "SIGTERM" else 130  # 128 + the signal
+                raise stopped
             if on_sample is not None and info.is_main and ((cfg.sample_every and done % cfg.sample_every == 0) or done == total):
                 on_sample(ema.average, done)
     bar.close()
