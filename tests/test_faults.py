@@ -346,7 +346,7 @@ def test_sigkill_while_saving_keeps_the_last_checkpoint_and_resumes(tmp_path, da
 
 @pytest.mark.parametrize("overrides,expected", [
     (["norm=grup"], "error: norm=grup is not an option of the config group 'norm'; choose one of ['batch', "
-                    "'channel', 'group', 'instance', 'layer', 'none']"),
+                    "'channel', 'group', 'instance', 'layer', 'local_group', 'none']"),
     (["env=maze2d_mediu"], "error: env=maze2d_mediu is not an option of the config group 'env'; choose one of "
                            "['maze2d_large', 'maze2d_medium', 'maze2d_umaze', 'ogbench_pointmaze_medium']"),
     (["experiment=fast"], "error: experiment=fast is not an option of the config group 'experiment'"),

@@ -15,7 +15,8 @@ from diffnorm.models.registry import model_class
 def architecture(cfg: DictConfig) -> dict:
     """The settings that decide the shapes of the weights: what a checkpoint must agree with."""
     return {
-        "model": OmegaConf.to_container(cfg.model, resolve=True),
+        # Settings left null belong to other networks (config.ModelSchema): not part of this one's shapes.
+        "model": {k: v for k, v in OmegaConf.to_container(cfg.model, resolve=True).items() if v is not None},
         "norm": OmegaConf.to_container(cfg.norm, resolve=True),
         "horizon": cfg.env.horizon,
         "observation_dim": cfg.diffusion.observation_dim,

@@ -141,6 +141,8 @@ def _check_architecture(path: Path, meta: dict[str, str], cfg: DictConfig) -> No
     require(meta.get("format") == FORMAT, f"{path} is not a diffnorm Diffuser checkpoint "
             f"(format {meta.get('format')!r}, expected {FORMAT!r})")
     saved = json.loads(meta.get("architecture", "{}"))
+    if isinstance(saved.get("model"), dict):  # null settings belong to other networks (build.architecture)
+        saved["model"] = {k: v for k, v in saved["model"].items() if v is not None}
     expected = architecture(cfg)
     diff = {k: (saved.get(k), expected[k]) for k in expected if saved.get(k) != expected[k]}
     require(not diff, f"checkpoint {path} does not match the config: "
