@@ -624,6 +624,8 @@ def _check_leak_probe(cfg: dict) -> None:
     _positive(cfg, "num_threads", "horizon", "influence.n_windows", "influence.row_stride", "leakage.chain_samples")
     if cfg["checkpoint"] is None and not cfg["checkpoints"] and not cfg["norms"]:
         raise ConfigError("give checkpoint=..., checkpoints=[...] or a non-empty norms=[...]")
+    if cfg["checkpoint"] is not None and cfg["checkpoints"]:
+        raise ConfigError("give checkpoint=<one run> or checkpoints=[<runs>], not both (add the one to the list)")
     _known_norms(cfg)
     leakage = cfg["leakage"]
     if leakage["n_windows"] < 2:

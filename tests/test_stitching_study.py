@@ -99,7 +99,7 @@ def test_unknown_norm_is_one_line_error(script, tmp_path):
 @pytest.mark.parametrize(("override", "message"), [
     ("seeds=[]", "at least two seeds"), ("seeds=[0,0]", "distinct integers"), ("norms=[group]", "at least two planners"),
     ("baseline=channel", "baseline=channel must be one of"), ("stitch.episode_steps=16", "shorter than the training"),
-    ("train_data=whole", "train_data='whole' is not one of ['stitch', 'full']"), ("protocols=[replan_0]", "must be null or >= 1"),
+    ("train_data=whole", "train_data='whole' is not one of ['stitch', 'full']"), ("protocols=[replan_0]", "protocols=['replan_0']: protocol 'replan_0': replan_<k> needs k >= 1"),
     ("protocols=[often]", "is not one of open_loop"), ("protocols=[open_loop,open_loop]", "repeat each other")])
 def test_bad_input_raises_config_error(tmp_path, override, message):
     with pytest.raises(ConfigError, match=re.escape(message)):  # at composition or when the job starts

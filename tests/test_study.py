@@ -62,6 +62,12 @@ def test_study_rerun_reuses_finished_stages(script, tmp_path):
         assert f"{tmp_path / 'run' / 'train' / norm}: reusing the finished training there" in output
     assert again["leak"]["comparison"] == first["leak"]["comparison"]
     assert again["planning"] == first["planning"]
+    # The reused stages keep the wall time their work took; this run's own seconds are recorded beside them.
+    assert set(again["reused_stages"]) == {"toy", "train", "leak_probe", "plan"}
+    for stage in again["reused_stages"]:
+        assert again["wall_time_s"][stage] == first["wall_time_s"][stage], stage
+    assert again["this_run_wall_time_s"]["train"] < first["wall_time_s"]["train"]
+    assert "| train | " in (tmp_path / "run" / "report.md").read_text()
 
     output, more = run(["episodes=3", "max_steps=20", "plot_episodes=2"])  # only the rollouts change
     assert f"{tmp_path / 'run' / 'leak'}: reusing the finished" in output

@@ -533,6 +533,13 @@ def test_train_or_reuse_judges_the_run_by_its_saved_config(tmp_path):
     assert reused and again == json.loads((run / "results.json").read_text()) and again["resumed_from"] == 2
     # Threads are not part of a run.
     assert train_or_reuse([*base, "train.steps=4", "train.num_threads=2"], run)[1]
+    # A finished run kept as a planner (its optimizer state deleted) is still reused; not a longer one.
+    state = (run / "checkpoint.safetensors").read_bytes()
+    (run / "checkpoint.safetensors").unlink()
+    assert train_or_reuse([*base, "train.steps=4"], run)[1]
+    kept = sorted(p.name for p in run.iterdir())
+    (run / "checkpoint.safetensors").write_bytes(state)
+    assert "checkpoint.safetensors" not in kept
     # A preset that now decays the constant rate continues the finished run into the decay ...
     decayed, reused = train_or_reuse([*base, "train.steps=6", "train.lr_schedule=wsd", "train.decay_steps=2"], run)
     assert not reused and decayed["resumed_from"] == 4 and decayed["steps"] == 6

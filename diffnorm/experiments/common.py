@@ -207,14 +207,93 @@ def _close_progress_bars() -> None:
         bar.close()
 
 
-def _remove_if_untouched(out: Path) -> None:
-    """Delete a run directory that holds nothing but Hydra's own files (``.hydra/``, ``<job>.log``): a
-    refused config leaves no empty run behind. A directory with anything else in it is kept."""
-    if not out.is_dir() or out.resolve() == Path.cwd().resolve():
+# What the launch directory held before Hydra made this job's run directory (``preflight`` records it):
+# on a refusal the job removes only what it made itself and puts back Hydra's records it overwrote.
+_BEFORE: dict[str, Any] = {}
+
+
+def _snapshot_before_hydra(args: list[str]) -> None:
+    """Record, before Hydra writes anything: the directories under ``outputs/`` (three levels; where
+    default run directories are made), and for a ``hydra.run.dir=`` given, whether it exists, what is in
+    it and the bytes of its ``.hydra`` records."""
+    root = Path.cwd()
+    _BEFORE.clear()
+    level = [root / "outputs"] if (root / "outputs").is_dir() else []
+    existing = set(level)
+    for _ in range(3):
+        level = [d for parent in level for d in parent.iterdir() if d.is_dir()]
+        existing.update(level)
+    _BEFORE["dirs"] = {d.resolve() for d in existing}
+    given = [a.split("=", 1)[1] for a in args if a.startswith("hydra.run.dir=")]
+    if given:
+        run = (root / Path(given[-1]).expanduser()).resolve()
+        _BEFORE["run"] = run
+        _BEFORE["run_existed"] = run.is_dir()
+        _BEFORE["entries"] = {e.name for e in run.iterdir()} if run.is_dir() else set()
+        records = run / ".hydra"
+        _BEFORE["records"] = ({f.name: f.read_bytes() for f in records.iterdir() if f.is_file()}
+                              if records.is_dir() else None)
+
+
+def _undo_refused(out: Path) -> None:
+    """A refused job leaves the launch directory as it found it, as far as it can know (``_BEFORE``): a run
+    directory it made is deleted (with the empty folders above it that it made); in one that existed, Hydra's
+    records it overwrote are put back and the files it added there (``.hydra/``, ``<job>.log``) removed;
+    nothing else is touched. Without a record (a job not started from a script) an untouched run directory
+    (only Hydra's files) is deleted, as before."""
+    out = out.resolve()
+    if not out.is_dir() or out == Path.cwd().resolve():
+        return
+    if _BEFORE.get("run") == out and _BEFORE.get("run_existed"):
+        records = out / ".hydra"
+        if _BEFORE["records"] is None:
+            shutil.rmtree(records, ignore_errors=True)
+        else:
+            for name, data in _BEFORE["records"].items():
+                (records / name).write_bytes(data)
+        for entry in out.iterdir():
+            if entry.name not in _BEFORE["entries"] and entry.is_file() and entry.suffix == ".log":
+                entry.unlink()
         return
     entries = list(out.iterdir())
-    if all(e.name == ".hydra" or (e.is_file() and e.suffix == ".log") for e in entries):
-        shutil.rmtree(out, ignore_errors=True)
+    if not all(e.name == ".hydra" or (e.is_file() and e.suffix == ".log") for e in entries):
+        return
+    shutil.rmtree(out, ignore_errors=True)
+    known = _BEFORE.get("dirs")
+    parent = out.parent
+    while known is not None and parent not in known and parent.is_dir() and not any(parent.iterdir()) \
+            and Path.cwd().resolve() in parent.parents:
+        parent.rmdir()
+        parent = parent.parent
+
+
+# Path settings per job and what each must be where it exists (a missing directory is made by the job):
+# checked before any work, so a wrong path costs no data generation and leaves no traceback.
+PATH_SETTINGS: dict[str, dict[str, str]] = {
+    "train_diffuser": {"data_dir": "directory", "dataset": "file"},
+    "make_maze_dataset": {"data_dir": "directory"},
+    "stitching_study": {"data_dir": "directory"},
+    "plan_maze": {"checkpoint": "existing"},
+    "leak_probe": {"checkpoint": "existing", "checkpoints": "existing"},
+    "export_diffusers": {"checkpoint": "existing"},
+}
+
+
+def check_paths(job: str, cfg: DictConfig) -> None:
+    """ConfigError (one line, naming the key) for a path setting of job ``job`` that is the wrong kind of
+    thing: a ``data_dir`` that is a file, a ``dataset`` that is not a file, a ``checkpoint`` that does not
+    exist."""
+    for key, kind in PATH_SETTINGS.get(job, {}).items():
+        value = cfg.get(key)
+        for item in ([] if value is None else value if OmegaConf.is_list(value) else [value]):
+            path = resolve_path(str(item))
+            if kind == "directory" and path.exists() and not path.is_dir():
+                raise ConfigError(f"{key}={item} is a file; give a directory (it is made if missing)")
+            if kind == "file" and not path.is_file():
+                raise ConfigError(f"{key}={item} is {'a directory' if path.is_dir() else 'missing'}; give a "
+                                  "D4RL-format .hdf5 file (or leave it null to generate one)")
+            if kind == "existing" and not path.exists():
+                raise ConfigError(f"{key}={item} does not exist")
 
 
 def run_job(job: Callable[[DictConfig, Path], Any], cfg: DictConfig) -> None:
@@ -235,6 +314,7 @@ def run_job(job: Callable[[DictConfig, Path], Any], cfg: DictConfig) -> None:
     token = None
     try:
         validate_config(name, cfg)
+        check_paths(name, cfg)
         token = _ACTIVE_JOB.set((name, out, config_seeds(cfg)))
         job(cfg, out)
     except TrainingInterrupted as err:
@@ -249,7 +329,7 @@ def run_job(job: Callable[[DictConfig, Path], Any], cfg: DictConfig) -> None:
         code = err.exit_code if isinstance(err, TrainingStopped) else 2
         print(f"error: {err}", file=sys.stderr)
         if not multirun:
-            _remove_if_untouched(out)
+            _undo_refused(out)
             sys.exit(code)
         record = _record_failure(out, err, user_error=True, cfg=cfg)
         raise SweepJobFailed(f"error: job {out.name} of the sweep failed: {err} (recorded in {record})") from None
@@ -335,6 +415,7 @@ def preflight(config_name: str, argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
     if any(a.startswith("-") for a in args):
         return
+    _snapshot_before_hydra(args)
     message = composition_error(config_name, args)
     if message is not None:
         print(f"error: {message}", file=sys.stderr)

@@ -36,6 +36,7 @@ from diffnorm.experiments.common import (
     seed_everything,
     write_results,
 )
+from diffnorm.io import atomic_write_bytes
 from diffnorm.plotting.diffuser import loss_curve, plan_grid
 from diffnorm.training.build import build_diffusion
 from diffnorm.training.checkpoint import (
@@ -310,6 +311,9 @@ def train_diffuser(cfg: DictConfig, out: Path) -> dict[str, Any]:
     if dist.is_main:
         barrier()
         write_run_files(out, cfg, dataset.scaler)  # on resume: same scaler, config updated (e.g. train.steps)
+        if cfg.train.resume and (out / ".hydra" / "config.yaml").is_file():
+            # Hydra recorded the command's composition (its defaults: norm=group, ...); the run is this config.
+            atomic_write_bytes(out / ".hydra" / "config.yaml", OmegaConf.to_yaml(cfg).encode())
     if dist.is_main and not cfg.train.resume:
         for stale in (out / SNAPSHOTS, out / "samples"):  # a replaced run's, never to be mixed with this one's
             if stale.is_dir():
@@ -380,10 +384,17 @@ def train_or_reuse(overrides: list[str], out: Path) -> tuple[dict[str, Any], boo
 def _run_state(out: Path, wanted: DictConfig) -> str | None:
     """"finished" when ``out`` holds the run ``wanted`` trains, "resumable" when its checkpoint is that
     run part-way, None otherwise (no run, another run, or one that went past ``wanted``'s steps)."""
-    if not all((out / name).is_file() for name in (CONFIG, SCALER, CHECKPOINT)):
+    if not all((out / name).is_file() for name in (CONFIG, SCALER)):
+        return None
+    # A finished run kept as a planner (EMA weights, config, scaler, results; its optimizer state deleted)
+    # is still the finished run; a run part-way needs its full checkpoint to continue.
+    state = out / CHECKPOINT if (out / CHECKPOINT).is_file() else out / EMA_WEIGHTS
+    if not state.is_file() or (state.name == EMA_WEIGHTS and not (out / "results.json").is_file()):
         return None
     saved = saved_config(out)
-    taken = checkpoint_step(out / CHECKPOINT)
+    taken = checkpoint_step(state)
+    if state.name == EMA_WEIGHTS and taken != wanted.train.steps:
+        return None
     if _identity(saved) != _identity(wanted) or _rate_difference(saved, wanted, taken) is not None:
         return None
     if taken == wanted.train.steps and all((out / name).is_file() for name in ("results.json", EMA_WEIGHTS)):

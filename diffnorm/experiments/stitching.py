@@ -41,6 +41,7 @@ from diffnorm.data.d4rl_format import read_attrs
 from diffnorm.data.ogbench_stitch import ensure_ogbench_stitch_dataset
 from diffnorm.data.stitch import ensure_stitch_dataset
 from diffnorm.envs.ogbench_maze import ogbench_maze_of
+from diffnorm.errors import ConfigError
 from diffnorm.experiments.common import compose_training, require, resolve_path, write_results
 from diffnorm.experiments.diffuser import env_option_of, train_or_reuse
 from diffnorm.experiments.parallel import map_trials
@@ -240,8 +241,14 @@ def stitching_study(cfg: DictConfig, out: Path) -> dict[str, Any]:
     # null: replan an episode its plan has left behind, on both benchmarks. maze2d's ceiling needs it (an
     # open-loop plan that cuts a corner strands the agent on the wall); on OGBench a plan through a wall
     # pins the kinematic point the same way, and replanning every k steps makes it chase new plans' starts.
-    protocol = Protocol.parse(cfg.protocol) if cfg.protocol is not None else Protocol(replan_off_plan=1.0)
-    extra = [Protocol.parse(str(name)) for name in cfg.protocols]
+    try:
+        protocol = Protocol.parse(cfg.protocol) if cfg.protocol is not None else Protocol(replan_off_plan=1.0)
+    except ConfigError as err:
+        raise ConfigError(f"protocol={cfg.protocol}: {err}") from None
+    try:
+        extra = [Protocol.parse(str(name)) for name in cfg.protocols]
+    except ConfigError as err:
+        raise ConfigError(f"protocols={list(cfg.protocols)}: {err}") from None
     require(len({p.name for p in extra}) == len(extra), f"protocols={list(cfg.protocols)} repeat each other")
     extra = [p for p in extra if p != protocol]  # the main protocol is evaluated anyway
     names = [protocol.name] + [p.name for p in extra]

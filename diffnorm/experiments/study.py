@@ -59,6 +59,10 @@ def study(cfg: DictConfig, out: Path) -> dict[str, Any]:
     """Run every stage of the study and write report.md; see configs/study.yaml."""
     out.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
+    # A rerun reuses finished stages: their work's wall time is the one measured when it was done.
+    previous = json.loads((out / "results.json").read_text()) if (out / "results.json").is_file() else {}
+    measured_before = previous.get("wall_time_s", {})
+    reused_stages: set[str] = set()
 
     began = time.perf_counter()
 
@@ -75,7 +79,7 @@ def study(cfg: DictConfig, out: Path) -> dict[str, Any]:
     data_overrides = env + [f"steps={train_cfg.env.dataset_steps}", f"seed={train_cfg.data_seed}",
                             f"data_dir={train_cfg.data_dir}", "progress=false"]
     data = stage("data", run_composed, "make_maze_dataset", data_overrides, str(out / "data"))
-    toy, _ = stage("toy", run_or_reuse, "localization", list(cfg.toy_overrides), str(out / "toy"))
+    toy, toy_reused = stage("toy", run_or_reuse, "localization", list(cfg.toy_overrides), str(out / "toy"))
 
     runs = {str(n): out / "train" / str(n) for n in cfg.norms}
     train_jobs = [dict(out=run, overrides=env + list(cfg.train_overrides) + [f"norm={n}", f"seed={cfg.seed}"])
@@ -84,16 +88,21 @@ def study(cfg: DictConfig, out: Path) -> dict[str, Any]:
                                  "train planners"))
 
     checkpoints = "[" + ",".join(str(r) for r in runs.values()) + "]"
-    leak, _ = stage("leak_probe", run_or_reuse, "leak_probe",
-                    [f"checkpoints={checkpoints}"] + list(cfg.leak_overrides), str(out / "leak"), all(reused))
+    leak, leak_reused = stage("leak_probe", run_or_reuse, "leak_probe",
+                              [f"checkpoints={checkpoints}"] + list(cfg.leak_overrides), str(out / "leak"), all(reused))
     plan_jobs = [dict(job="plan_maze", out=str(out / "plan" / n), inputs_reused=r,
                       overrides=[f"checkpoint={run}", f"seed={cfg.seed}", "progress=false"] + list(cfg.plan_overrides))
                  for (n, run), r in zip(runs.items(), reused)]
-    planned = {n: p for n, (p, _) in zip(runs, stage("plan", map_trials, run_or_reuse, plan_jobs, cfg.workers,
-                                                      "plan rollouts"))}
+    plans = stage("plan", map_trials, run_or_reuse, plan_jobs, cfg.workers, "plan rollouts")
+    planned = {n: p for n, (p, _) in zip(runs, plans)}
+    reused_stages.update(name for name, was in (("toy", toy_reused), ("train", all(reused)),
+                                                 ("leak_probe", leak_reused), ("plan", all(r for _, r in plans))) if was)
 
     def report() -> dict[str, Any]:
-        results = summarize(cfg, data, toy, dict(zip(runs, trained)), leak, planned, timings)
+        work = {k: measured_before[k] if k in reused_stages and k in measured_before else v for k, v in timings.items()}
+        results = summarize(cfg, data, toy, dict(zip(runs, trained)), leak, planned, work)
+        results["this_run_wall_time_s"] = {**timings, "total": round(sum(timings.values()), 1)}
+        results["reused_stages"] = sorted(reused_stages)
         results["figures"] = {"train_samples": sample_grid(out, list(runs))}
         write_results(out, results)
         write_report(out / "report.md", results, out)
@@ -264,8 +273,11 @@ def write_report(path: Path, r: dict[str, Any], out: Path) -> Path:
     for n, t in r["toy"].items():
         lines.append(f"| {n} | {_seeds(t['localization_distance'])} | {_seeds(t['localized_interior'])} of "
                      f"{t['interior_size']} |")
-    lines += ["", "## Wall time (s)", "", "| stage | seconds |", "|---|---|"]
-    lines += [f"| {k} | {v:.0f} |" for k, v in r["wall_time_s"].items()]
+    this_run, reused = r.get("this_run_wall_time_s", r["wall_time_s"]), set(r.get("reused_stages", []))
+    lines += ["", "## Wall time (s)", "", "Seconds the stage's work took (kept from the run that did it when a "
+              "rerun reused it), and this run's seconds.", "", "| stage | work | this run |", "|---|---|---|"]
+    lines += [f"| {k} | {v:.0f}{' (reused)' if k in reused else ''} | {this_run.get(k, v):.0f} |"
+              for k, v in r["wall_time_s"].items()]
     lines += ["", "## Figures", ""]
     for png in sorted(out.rglob("*.png")):
         rel = str(png.relative_to(out))

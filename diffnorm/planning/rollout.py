@@ -115,6 +115,8 @@ class Protocol:
         except ValueError:
             raise ConfigError(f"protocol {name!r} is not one of open_loop, replan_<k>, off_plan_<d>, "
                               "replan_<k>+off_plan_<d> (k steps, d maze units)") from None
+        if (every is not None and every < 1) or (off is not None and not off > 0):
+            raise ConfigError(f"protocol {name!r}: replan_<k> needs k >= 1 steps and off_plan_<d> a distance d > 0")
         return cls(every, off)
 
     def due(self, age: np.ndarray, xy: np.ndarray, plans: np.ndarray) -> np.ndarray:
