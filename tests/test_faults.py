@@ -436,7 +436,9 @@ def test_a_constant_run_resumes_into_a_wsd_decay_but_not_into_another_past(tmp_p
     assert res["resumed_from"] == 6 and res["steps"] == 6
 
 
-def test_sigint_writes_a_final_checkpoint_and_exits_cleanly(tmp_path, data_dir):
+@pytest.mark.parametrize(("sig", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_sigint_writes_a_final_checkpoint_and_exits_cleanly(tmp_path, data_dir, sig, code):
+    """Ctrl-C, or a kill / a cluster's preemption (SIGTERM): a checkpoint of the step reached, one line."""
     from diffnorm.experiments.diffuser import train_diffuser
 
     run = tmp_path / "run"
@@ -446,10 +448,10 @@ def test_sigint_writes_a_final_checkpoint_and_exits_cleanly(tmp_path, data_dir):
     proc = subprocess.Popen(args, cwd=ROOT, env=dict(os.environ, MPLBACKEND="Agg"), stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True)
     wait_for(run / CHECKPOINT, proc)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(sig)
     _, err = proc.communicate(timeout=120)
     last = err.strip().splitlines()[-1]
-    assert proc.returncode == 130 and last.startswith("interrupted: SIGINT at step "), err[-3000:]
+    assert proc.returncode == code and last.startswith(f"interrupted: {sig.name} at step "), err[-3000:]
     assert "Traceback" not in err
     step = int(last.split("at step ")[1].split()[0])
     assert load_checkpoint(run).step == step
