@@ -148,19 +148,22 @@ class LocalGroupNorm(nn.Module, SequenceNorm):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c, t = x.shape
-        xg = x.reshape(b, self.groups, c // self.groups, t)
-        # Per step first ([B, G, T]): the channels' variance and mean. Every step has the same channel
+        # On the [B, T, G, C/G] view the channels of a group are adjacent (and the view is free for a
+        # time-major x, ``models.layout``), so the per-step statistics reduce over contiguous memory.
+        steps = x.transpose(1, 2).reshape(b, t, self.groups, c // self.groups)
+        # Per step first ([B, T, G]): the channels' mean and variance. Every step has the same channel
         # count, so window averages (over the steps that exist: count_include_pad=False) of these give the
         # window's mean, and its variance by the law of total variance: the mean within-step variance
         # (computed stably per step) plus the variance of the step means (the only difference of squares,
         # and exactly 0 for a window of one step).
-        step_var, step_mean = torch.var_mean(xg, dim=2, correction=0)
-        moments = torch.cat((step_var, step_mean, step_mean.square()), dim=1)
+        step_mean = steps.mean(-1)
+        step_var = (steps - step_mean[..., None]).square().mean(-1)
+        moments = torch.cat((step_var, step_mean, step_mean.square()), dim=2).transpose(1, 2)  # [B, 3G, T]
         pooled = F.avg_pool1d(moments, self.window, stride=1, padding=self.half_window, count_include_pad=False)
-        within, mean, mean_sq = pooled.split(self.groups, dim=1)
+        within, mean, mean_sq = pooled.transpose(1, 2).split(self.groups, dim=2)  # each [B, T, G]
         var = within + (mean_sq - mean.square()).clamp_min(0.0)
-        y = (xg - mean[:, :, None]) * torch.rsqrt(var + self.eps)[:, :, None]
-        return y.reshape(b, c, t) * self.weight[:, None] + self.bias[:, None]
+        y = (steps - mean[..., None]) * torch.rsqrt(var + self.eps)[..., None]
+        return (y.reshape(b, t, c) * self.weight + self.bias).transpose(1, 2)
 
     def extra_repr(self) -> str:
         return f"{self.weight.numel()}, window={self.window}, groups={self.groups}, eps={self.eps}"
