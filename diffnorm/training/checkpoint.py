@@ -213,7 +213,8 @@ def _load_diffusers_folder(path: Path, device: str | torch.device) -> LoadedDiff
             "with a planner's data scaling and settings (python scripts/export_diffusers.py writes both); measure "
             "a bare network with diffnorm.analysis.leak.measure")
     cfg = OmegaConf.load(path / CONFIG)
-    unet = UNet1DModel.from_pretrained(str(path), local_files_only=True)
+    # low_cpu_mem_usage=False: the default asks for the optional `accelerate` in a multi-line warning
+    unet = UNet1DModel.from_pretrained(str(path), local_files_only=True, low_cpu_mem_usage=False)
     diffusion = build_diffusion(cfg)
     converted = from_diffusers(unet, horizon=int(cfg.env.horizon))
     _load_weights(diffusion.model, converted.state_dict(), path)
