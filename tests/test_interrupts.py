@@ -49,6 +49,8 @@ def test_ctrl_c_to_a_stitching_study_resumes_to_the_uninterrupted_weights(tmp_pa
     assert err.strip().splitlines()[-1].startswith("interrupted:") and "Traceback" not in err, err[-3000:]
     stopped = [checkpoint_step(p.parent / CHECKPOINT) for p in first]
     assert all(0 < step < STEPS for step in stopped), stopped  # each kept the step it had reached
+    assert not list((run / "runs").glob("none/seed*/metrics.csv"))  # no queued training started after it
+    assert f"hydra.run.dir={run} continues it" in err
 
     again = _run(_study_args(tmp_path, run))
     assert again.returncode == 0, again.stderr[-3000:]

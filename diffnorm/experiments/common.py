@@ -323,7 +323,8 @@ def run_job(job: Callable[[DictConfig, Path], Any], cfg: DictConfig) -> None:
         sys.exit(err.exit_code)
     except KeyboardInterrupt as err:
         _close_progress_bars()
-        print(f"interrupted: {str(err) or 'Ctrl-C'}; the job stopped (run directory {out})", file=sys.stderr)
+        print(f"interrupted: {str(err) or 'Ctrl-C'}; the job stopped (run directory {out}; the same command with "
+              f"hydra.run.dir={out} continues it, reusing what it finished)", file=sys.stderr)
         sys.exit(143 if str(err) == "SIGTERM" else TrainingInterrupted.exit_code)  # 128 + the signal
     except (ConfigError, FileNotFoundError, TrainingStopped) as err:
         code = err.exit_code if isinstance(err, TrainingStopped) else 2

@@ -68,6 +68,9 @@ def export_diffusers(cfg: DictConfig, out: Path) -> dict[str, Any]:
             print(f"leak through {path}: receptive field {row['receptive_field']}, beyond-RF influence mass "
                   f"{row['beyond_rf_mass']:.6f}, one-pass goal leak {row['goal_one_pass_max_beyond_rf']:.6f}, "
                   f"chain {row['goal_chain_mean_beyond_rf']:.6f}")
+        if settings["horizon"] - 1 <= min(results["leak"]["diffnorm"]["receptive_field"]):
+            print(f"warning: at H={settings['horizon']} every plan index sees every other in one pass: the beyond-RF "
+                  "numbers are 0 by construction (the leak probe measures longer plans with horizon=<H>)")
     write_results(out, results)
     print(f"{loaded.path} -> diffusers UNet1DModel ({results['parameters']:,} parameters); outputs agree to "
           f"{results['max_abs_diff_diffusers_forward']:.1e} (scale {results['output_scale']:.2f})")

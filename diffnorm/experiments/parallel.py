@@ -26,11 +26,28 @@ from diffnorm.progress import POSITION_ENV
 LOG_FORMAT = "[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"
 
 
-def _worker_init(counter: Any, lock: Any, level: int, log_files: list[str]) -> None:
+# Set by the main process when the job stops: a trial the pool had already handed to a worker's queue
+# (the executor keeps one ready per worker, beyond cancel_futures' reach) then returns without starting.
+_STOPPING: Any = None
+
+
+class TrialSkipped(RuntimeError):
+    """A queued trial not started because the job was stopping."""
+
+
+def _run_unless_stopping(fn: Callable[..., Any], **job: Any) -> Any:
+    if _STOPPING is not None and _STOPPING.is_set():
+        raise TrialSkipped("the job is stopping")
+    return fn(**job)
+
+
+def _worker_init(counter: Any, lock: Any, level: int, log_files: list[str], stopping: Any = None) -> None:
     """One thread per worker, and its own terminal line for progress bars (line 0 is the overall bar).
     Workers ignore Ctrl-C: the main process handles it once and ends them (no trace per worker). A
     spawned worker starts without logging: it logs at the main process's level to stdout and appends
     to the main process's log files (the job's ``<job>.log``)."""
+    global _STOPPING
+    _STOPPING = stopping
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     torch.set_num_threads(1)
     logging.basicConfig(level=level, format=LOG_FORMAT, stream=sys.stdout)
@@ -68,12 +85,13 @@ def _sigterm_as_ctrl_c() -> Iterator[None]:
 GRACE_S = 60.0
 
 
-def _stop_workers(pool: ProcessPoolExecutor) -> None:
+def _stop_workers(pool: ProcessPoolExecutor, stopping: Any) -> None:
     """Stop every trial in flight the way Ctrl-C stops one training: SIGINT to each worker, whose training
     loop then checkpoints the step it is on and returns (a worker between trainings, e.g. evaluating,
     ignores it); queued trials are cancelled. Workers still busy after ``GRACE_S`` seconds, or when a
     second Ctrl-C arrives, are ended at once. The executor keeps its processes in a private mapping:
     there is no public way to signal them."""
+    stopping.set()  # first: a worker between trials then starts no queued one
     processes = list(getattr(pool, "_processes", {}).values())
     pool.shutdown(wait=False, cancel_futures=True)
     for process in processes:
@@ -102,14 +120,15 @@ def map_trials(fn: Callable[..., Any], jobs: Sequence[dict], workers: int, desc:
     tqdm.set_lock(lock)
     root = logging.getLogger()
     log_files = [h.baseFilename for h in root.handlers if isinstance(h, logging.FileHandler)]
-    settings = (counter, lock, root.getEffectiveLevel(), log_files)
+    stopping = context.Event()
+    settings = (counter, lock, root.getEffectiveLevel(), log_files, stopping)
     with _sigterm_as_ctrl_c(), ProcessPoolExecutor(min(workers, len(jobs)), mp_context=context,
                                                    initializer=_worker_init, initargs=settings) as pool:
         try:
-            futures = [pool.submit(fn, **job) for job in jobs]
+            futures = [pool.submit(_run_unless_stopping, fn, **job) for job in jobs]
             for future in tqdm(futures, desc=desc):
                 future.result()
         except KeyboardInterrupt:
-            _stop_workers(pool)
+            _stop_workers(pool, stopping)
             raise
         return [f.result() for f in futures]

@@ -219,8 +219,9 @@ def _load_diffusers_folder(path: Path, device: str | torch.device) -> LoadedDiff
     converted = from_diffusers(unet, horizon=int(cfg.env.horizon))
     _load_weights(diffusion.model, converted.state_dict(), path)
     scaler = load_scaler(json.loads((path / SCALER).read_text()))
-    return LoadedDiffuser(diffusion=diffusion.to(device).eval(), scaler=scaler, cfg=cfg, step=int(unet.config.get(
-        "diffnorm_step", -1)), path=path)
+    exported = json.loads((path / "results.json").read_text()) if (path / "results.json").is_file() else {}
+    return LoadedDiffuser(diffusion=diffusion.to(device).eval(), scaler=scaler, cfg=cfg,
+                          step=int(exported.get("step", -1)), path=path)
 
 
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> LoadedDiffuser:
