@@ -476,8 +476,10 @@ def _check_norm(norm: Any, channels: list[int]) -> None:
         try:
             NORM_LAYERS[name](width, **settings)
         except (TypeError, ValueError) as err:
-            raise ConfigError(f"norm={name} with {settings} cannot normalize {width} channels: "
-                              f"{' '.join(str(err).split())}") from None
+            reason = " ".join(str(err).split())
+            if "channels" not in reason:  # a setting wrong at any width (e.g. an even window)
+                raise ConfigError(f"norm={name}: {reason}") from None
+            raise ConfigError(f"norm={name} with {settings} cannot normalize {width} channels: {reason}") from None
 
 
 def check_schedule(train: dict) -> None:

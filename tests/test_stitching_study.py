@@ -126,7 +126,8 @@ def test_arms_beside_norms_train_their_own_networks_and_norms(tmp_path):
 
 
 @pytest.mark.parametrize(("override", "message"), [
-    ("arms={w4: ['norm=local_group','norm.window=4']}", "norm.window=4 must be an odd positive number"),
+    ("arms={w4: ['norm=local_group','norm.window=4']}", "arms: w4=['norm=local_group', 'norm.window=4']: "
+     "norm=local_group: norm.window=4 must be an odd positive number"),
     ("arms={none: ['norm=group']}", "arms.none: an arm's name"),
     ("arms={x: ['seed=3']}", "arms.x: seed= is set by the study"),
     ("arms=['norm=group']", "must map each arm's name"),

@@ -42,7 +42,7 @@ from diffnorm.data.ogbench_stitch import ensure_ogbench_stitch_dataset
 from diffnorm.data.stitch import ensure_stitch_dataset
 from diffnorm.envs.ogbench_maze import ogbench_maze_of
 from diffnorm.errors import ConfigError
-from diffnorm.experiments.common import compose_training, require, resolve_path, write_results
+from diffnorm.experiments.common import compose_job, compose_training, require, resolve_path, write_results
 from diffnorm.experiments.diffuser import env_option_of, train_or_reuse
 from diffnorm.experiments.parallel import map_trials
 from diffnorm.planning.rollout import Protocol
@@ -219,8 +219,15 @@ def stitching_study(cfg: DictConfig, out: Path) -> dict[str, Any]:
     norms = list(arms)  # every arm is compared like a norm; the name is kept for readers of results.json
     env_override = [f"env={env_option(cfg)}"]
     train_overrides = [str(o) for o in cfg.train_overrides]
-    # Every arm's training is composed (and so checked) before any data work or run directory.
-    composed = {a: compose_training(env_override + train_overrides + arms[a]) for a in norms}
+    # Every arm's training is composed (and so checked) before any data work or run directory; an error
+    # names what the user wrote: train_overrides, or the arm.
+    compose_training(env_override + train_overrides)
+    composed = {}
+    for a in norms:
+        try:
+            composed[a] = compose_job("train_diffuser", env_override + train_overrides + arms[a])
+        except ConfigError as err:
+            raise ConfigError(f"{'norms' if a in cfg.norms else 'arms'}: {a}={arms[a]}: {err}") from None
     probe = composed[norms[0]]
     maze, horizon = probe.env.name, probe.env.horizon
     require(len({c.env.horizon for c in composed.values()}) == 1,
