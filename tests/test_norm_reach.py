@@ -52,7 +52,7 @@ def test_norm_reach_contract_spans_and_leak(tmp_path, script):
     assert written["group"]["beyond_rf_mass"] > 0  # one probed planner each
     results = load_results(run)
     arms = results["benchmarks"]["tiny"]
-    assert [arms[a]["statistic_span"] for a in ("none", "local_group_w5", "group")] == [0, 5, 96]
+    assert [arms[a]["statistic_span"] for a in ("none", "local_group_w5", "group")] == [0, 5, 191]
     # Level 0 (96 steps, 8 channels in 2 groups): 5 x 4 values; level 1 (48 steps, 16 channels): 5 x 8.
     assert [96, 5, 5, 20] in arms["local_group_w5"]["statistic_levels"]
     assert [48, 5, 10, 40] in arms["local_group_w5"]["statistic_levels"]

@@ -46,16 +46,18 @@ def _read(run: Path, job: str) -> dict[str, Any]:
 
 
 def statistic_span(norm: dict[str, Any], horizon: int) -> int:
-    """The figure's x value: the layer steps one statistic pools at full resolution; 0 for ``none``, 1 for
-    ``channel``, the window for ``local_group`` (at most the plan), the plan for whole-sequence norms."""
+    """The figure's x value: the centred window, in full-resolution steps, one statistic pools; 0 for
+    ``none``, 1 for ``channel``, the window for ``local_group``, and for a norm that pools the whole plan
+    2 H - 1, the smallest centred window that covers the whole plan from every index (a ``local_group``
+    window that large is ``group`` exactly, so larger ones are capped there)."""
     name = norm["name"]
     if name == "none":
         return 0
     if name == "channel":
         return 1
     if name == "local_group":
-        return min(int(norm["window"]), horizon)
-    return horizon
+        return min(int(norm["window"]), 2 * horizon - 1)
+    return 2 * horizon - 1
 
 
 def _interval(values: list[float], rate: bool) -> dict[str, Any]:

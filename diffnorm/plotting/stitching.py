@@ -139,9 +139,10 @@ def leak_scatter(path: Path, leaks: dict[str, dict[str, Any]], key: str, outcome
 
 def span_response(path: Path, benchmarks: dict[str, dict[str, dict[str, Any]]], horizons: dict[str, int]) -> Path:
     """PNG of stitching against the span of one norm statistic (``experiments.norm_reach`` entries): one
-    column per benchmark, connected first plans (top) and success (bottom) against the statistic's window
-    in full-resolution steps (log scale: ``none`` drawn at 0.5, ``channel`` at 1, ``group`` at the plan
-    length), each arm's seeds as dots and its mean with a 95 % interval; the U-Net's arms joined by a line,
+    column per benchmark, connected first plans (top) and success (bottom) against the statistic's centred
+    window in full-resolution steps (log scale: ``none`` drawn at 0.5, ``channel`` at 1, ``group`` at
+    2 H - 1, the window that covers the plan from every index), each arm's seeds as dots and its mean with
+    a 95 % interval; the U-Net's arms joined by a line,
     Eq-Net's (and any other network's) beside them with their own marker."""
     keys = list(benchmarks)
     rows = [("connected", "connected first plans"), ("success", "success (main protocol)")]
@@ -174,12 +175,12 @@ def span_response(path: Path, benchmarks: dict[str, dict[str, dict[str, Any]]], 
                     ax.scatter(np.full(len(seeds), x), seeds, color=colour, s=10, alpha=0.5, zorder=5)
             ax.set_xscale("log", base=2)
             ticks = sorted({max(e["statistic_span"], 0.5) for e in arms.values()})
-            names = {0.5: "none", 1: "channel\n1", horizon: f"group\n{horizon}"}
+            names = {0.5: "none", 1: "channel\n1", 2 * horizon - 1: f"group\n{2 * horizon - 1}"}
             ax.set_xticks(ticks, [names.get(t, str(int(t))) for t in ticks])
             ax.minorticks_off()
             ax.set_ylim(-0.03, 1.03)
             ax.grid(alpha=0.3)
-            ax.set_xlabel("span of one norm statistic (time steps at full resolution, log scale)")
+            ax.set_xlabel("centred window of one norm statistic (steps at full resolution, log scale)")
             if col == 0:
                 ax.set_ylabel(label)
         axes[0, col].set_title(f"{key} (H = {horizon})")
