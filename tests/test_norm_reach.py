@@ -8,19 +8,15 @@ import json
 import pytest
 from conftest import load_results
 
+# The tiny study of the stitching answer's tests: a two-level U-Net reaching 33 / 32 steps, 96-step plans.
+from test_stitching_answer import PROBE, TRAIN
+
 from diffnorm.experiments.common import compose_job
 from diffnorm.experiments.leak_probe import leak_probe
 from diffnorm.experiments.stitching import stitching_study
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
-# A two-level U-Net with kernel 3 reaches 33 / 32 steps: on a 96-step plan no index sees both ends.
-TRAIN = ["experiment=quick", "model.dim=8", "model.dim_mults=[1,2]", "model.kernel_size=3", "env.horizon=96",
-         "env.n_diffusion_steps=8", "train.steps=2", "train.batch_size=4", "train.n_samples=2",
-         "train.sample_every=0", "train.checkpoint_every=2", "train.progress=false"]
-PROBE = ["horizons=[96]", "influence.n_windows=1", "influence.row_stride=7", "influence.t_fractions=[1.0]",
-         "leakage.n_windows=2", "leakage.t_fractions=[1.0]", "leakage.chain_samples=1", "probe.n_train=16",
-         "probe.n_test=32", "probe.steps=20", "probe.sites=[final_block]"]
 CONTRACT = {"model", "norm", "window", "seeds", "receptive_field", "beyond_rf_mass", "connected_mean", "connected_ci95",
             "success_mean", "success_ci95", "diff_connected_vs_none", "diff_connected_vs_none_ci95"}
 

@@ -14,7 +14,6 @@ influence mass and the one-pass and chain goal leakage (means over the probed pl
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from pathlib import Path
@@ -27,7 +26,7 @@ from diffnorm.analysis.receptive_field import statistic_spans
 from diffnorm.errors import require
 from diffnorm.experiments.common import compose_training, resolve_path, write_results
 from diffnorm.experiments.diffuser import env_option_of
-from diffnorm.experiments.stitching_answer import update_summary
+from diffnorm.experiments.stitching_answer import gathered_runs, read_results, update_summary
 from diffnorm.plotting.stitching import span_response
 from diffnorm.probing.stats import seed_interval, welch_difference
 from diffnorm.training.build import build_model
@@ -37,12 +36,6 @@ log = logging.getLogger(__name__)
 # Leak-probe numbers per planner (its results.json "comparison" keys) and the names they get here.
 LEAK = {"beyond_rf_influence_fraction": "beyond_rf_mass", "goal_one_pass_max_beyond_rf": "goal_one_pass_max_beyond_rf",
         "goal_chain_mean_beyond_rf": "goal_chain_mean_beyond_rf"}
-
-
-def _read(run: Path, job: str) -> dict[str, Any]:
-    path = run / "results.json"
-    require(path.is_file(), f"{run} is not a finished {job} run directory (no results.json)")
-    return json.loads(path.read_text())
 
 
 def statistic_span(norm: dict[str, Any], horizon: int) -> int:
@@ -74,7 +67,7 @@ def _leak_by_run(leak_dirs: list[Path]) -> dict[str, dict[str, float]]:
     """Planner run directory -> its leak numbers, from leak-probe results (each model records its checkpoint)."""
     out: dict[str, dict[str, float]] = {}
     for leak_dir in leak_dirs:
-        leak = _read(leak_dir, "leak_probe")
+        leak = read_results(leak_dir, "leak_probe")
         for label, model in leak["models"].items():
             path = Path(model["checkpoint"])
             run = str(path if path.is_dir() else path.parent)
@@ -145,16 +138,13 @@ def _env_option(study: dict[str, Any]) -> str:
 def norm_reach(cfg: DictConfig, out: Path) -> dict[str, Any]:
     """Studies (+ leak probes) -> per-arm entries, the dose-response figure, results.json, the summary."""
     start = time.perf_counter()
-    studies_cfg, leak_cfg = cfg.studies or {}, cfg.leak_probes or {}
-    require(len(studies_cfg) > 0, "give studies={<benchmark key>: <stitching_study run dir>, ...}")
-    unknown = sorted(set(leak_cfg) - set(studies_cfg))
-    require(not unknown, f"leak_probes keys {unknown} name no study; the keys are {sorted(studies_cfg)}")
+    studies_cfg, leak_cfg = gathered_runs(cfg)
     out.mkdir(parents=True, exist_ok=True)
     benchmarks: dict[str, Any] = {}
     studies: dict[str, Any] = {}
     for key, run in studies_cfg.items():
         run_dir = resolve_path(str(run))
-        study = _read(run_dir, "stitching_study")
+        study = read_results(run_dir, "stitching_study")
         given = leak_cfg.get(key) or []
         leak_dirs = [resolve_path(str(d)) for d in ([given] if isinstance(given, str) else given)]
         benchmarks[key] = arm_entries(study, run_dir, _leak_by_run(leak_dirs))

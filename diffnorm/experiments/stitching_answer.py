@@ -35,10 +35,21 @@ LEAK_KEYS = ("beyond_rf_influence_fraction", "goal_one_pass_max_beyond_rf", "goa
 OUTCOMES = ("success_rate", "plan_connected")
 
 
-def _read_results(run: Path, job: str) -> dict[str, Any]:
+def read_results(run: Path, job: str) -> dict[str, Any]:
+    """A finished run's results.json; ConfigError naming the job when there is none."""
     path = run / "results.json"
     require(path.is_file(), f"{run} is not a finished {job} run directory (no results.json)")
     return json.loads(path.read_text())
+
+
+def gathered_runs(cfg: DictConfig) -> tuple[Any, Any]:
+    """(studies, leak_probes) of a gathering job's config (this one, ``norm_reach``): at least one study,
+    and leak probes only under keys that name a study."""
+    studies_cfg, leak_cfg = cfg.studies or {}, cfg.leak_probes or {}
+    require(len(studies_cfg) > 0, "give studies={<benchmark key>: <stitching_study run dir>, ...}")
+    unknown = sorted(set(leak_cfg) - set(studies_cfg))
+    require(not unknown, f"leak_probes keys {unknown} name no study; the keys are {sorted(studies_cfg)}")
+    return studies_cfg, leak_cfg
 
 
 def answer_entry(study: dict[str, Any], block: dict[str, Any], baseline: str) -> dict[str, Any]:
@@ -135,10 +146,7 @@ def update_summary(path: Path, entries: dict[str, Any]) -> Path:
 def stitching_answer(cfg: DictConfig, out: Path) -> dict[str, Any]:
     """Studies (+ leak probes) -> entries, correlations, figures, results.json, the merged summary."""
     start = time.perf_counter()
-    studies_cfg, leak_cfg = cfg.studies or {}, cfg.leak_probes or {}
-    require(len(studies_cfg) > 0, "give studies={<benchmark key>: <stitching_study run dir>, ...}")
-    unknown = sorted(set(leak_cfg) - set(studies_cfg))
-    require(not unknown, f"leak_probes keys {unknown} name no study; the keys are {sorted(cfg.studies)}")
+    studies_cfg, leak_cfg = gathered_runs(cfg)
     baseline = cfg.baseline
     out.mkdir(parents=True, exist_ok=True)
     entries: dict[str, Any] = {}
@@ -147,7 +155,7 @@ def stitching_answer(cfg: DictConfig, out: Path) -> dict[str, Any]:
     leaks: dict[str, Any] = {}
     for key, run in studies_cfg.items():
         run_dir = resolve_path(str(run))
-        study = _read_results(run_dir, "stitching_study")
+        study = read_results(run_dir, "stitching_study")
         require("receptive_field" in study, f"{run_dir}: the study predates receptive-field recording; rerun it "
                 "with the same hydra.run.dir (finished trainings are reused)")
         studies[key] = {"run": str(run_dir), "env": study["env"], "benchmark": study["benchmark"],
@@ -162,7 +170,7 @@ def stitching_answer(cfg: DictConfig, out: Path) -> dict[str, Any]:
             given = leak_cfg[key]
             leak_dirs = [resolve_path(str(d)) for d in ([given] if isinstance(given, str) else given)]
             require(bool(leak_dirs), f"leak_probes.{key} is empty; give a leak_probe run directory or a list of them")
-            probes = [(d, _read_results(d, "leak_probe")) for d in leak_dirs]
+            probes = [(d, read_results(d, "leak_probe")) for d in leak_dirs]
             leaks[key] = {"runs": [str(d) for d in leak_dirs], "horizon": probes[0][1]["horizon"],
                           **_leak_rows(study, leak_by_planner(probes))}
     figures = {"success_png": answer_bars(out / "success.png", entries, summaries, baseline)}
