@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -34,6 +35,7 @@ def _run(args: list[str]) -> subprocess.CompletedProcess:
     return subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600, check=False)
 
 
+@pytest.mark.slow  # three small studies, about a minute on 2 cores: pytest -m slow
 def test_ctrl_c_to_a_stitching_study_resumes_to_the_uninterrupted_weights(tmp_path):
     run, reference = tmp_path / "run", tmp_path / "reference"
     proc = subprocess.Popen(_study_args(tmp_path, run), cwd=ROOT, env=dict(os.environ, MPLBACKEND="Agg"),

@@ -91,7 +91,7 @@ def test_float64_acceptance_on_trained_models(smoke, tmp_path):
 def test_missing_checkpoint_is_one_line_and_exit_2(script, tmp_path):
     proc = script("leak_probe", f"checkpoint={tmp_path / 'nowhere'}", run_dir=tmp_path / "run")
     assert proc.returncode == 2
-    assert proc.stderr.strip().splitlines() == [f"error: checkpoint {tmp_path / 'nowhere'} does not exist"]
+    assert proc.stderr.strip().splitlines() == [f"error: checkpoint={tmp_path / 'nowhere'} does not exist"]
 
 
 def test_checkpoint_not_matching_its_config(smoke, tmp_path):

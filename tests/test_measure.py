@@ -66,6 +66,7 @@ def test_bad_inputs_are_one_line_errors():
         measure(model, 128, 6, 7)
 
 
+@pytest.mark.slow  # four script runs (train, export, train, refused export) and a leak probe: pytest -m slow
 def test_an_exported_planner_is_measured_the_same_through_diffusers(tmp_path, script):
     run = tmp_path / "run"
     proc = script("train_diffuser", "experiment=tiny", "model.dim_mults=[1,2]", "env.horizon=96", run_dir=run)

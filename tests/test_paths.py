@@ -14,7 +14,8 @@ SMALL_PROBE = ["horizons=[32,64]", "influence.n_windows=1", "influence.row_strid
 STITCH_TRAIN = "train_overrides=['experiment=tiny','train.steps=2','train.checkpoint_every=2']"
 
 
-@pytest.mark.parametrize("chdir", ["false", "true"])
+# The chdir=true pass repeats every job in a moved working directory: 45 s, outside CI (pytest -m slow).
+@pytest.mark.parametrize("chdir", ["false", pytest.param("true", marks=pytest.mark.slow)])
 def test_every_job_resolves_relative_paths_from_the_launch_directory(tmp_path, chdir):
     launch = tmp_path / "launch"
     launch.mkdir()

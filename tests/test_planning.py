@@ -321,7 +321,7 @@ def test_missing_checkpoint_is_one_line_and_exit_code_2(tmp_path, capsys, monkey
     with pytest.raises(SystemExit) as exit_info:
         run_job(plan_maze, compose(f"checkpoint={tmp_path / 'nowhere'}"))
     assert exit_info.value.code == 2
-    assert capsys.readouterr().err.strip().splitlines() == [f"error: checkpoint {tmp_path / 'nowhere'} does not exist"]
+    assert capsys.readouterr().err.strip().splitlines() == [f"error: checkpoint={tmp_path / 'nowhere'} does not exist"]
 
 
 def test_checkpoint_not_matching_its_config_is_one_line_and_nonzero_exit(script, checkpoint, tmp_path):

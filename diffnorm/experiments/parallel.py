@@ -42,13 +42,15 @@ def _run_unless_stopping(fn: Callable[..., Any], **job: Any) -> Any:
 
 
 def _worker_init(counter: Any, lock: Any, level: int, log_files: list[str], stopping: Any = None) -> None:
-    """One thread per worker, and its own terminal line for progress bars (line 0 is the overall bar).
-    Workers ignore Ctrl-C: the main process handles it once and ends them (no trace per worker). A
+    """One thread per worker, and its own terminal line for progress bars (line 0 is the overall bar). A
     spawned worker starts without logging: it logs at the main process's level to stdout and appends
     to the main process's log files (the job's ``<job>.log``)."""
     global _STOPPING
     _STOPPING = stopping
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # Ctrl-C reaches every process of the job: a worker inside a training checkpoints and stops (the
+    # training loop's own handler), any other work stops at once (KeyboardInterrupt, carried back to the
+    # main process with the trial's result, which reports the interruption once).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     torch.set_num_threads(1)
     logging.basicConfig(level=level, format=LOG_FORMAT, stream=sys.stdout)
     for path in log_files:
@@ -85,16 +87,19 @@ def _sigterm_as_ctrl_c() -> Iterator[None]:
 GRACE_S = 60.0
 
 
-def _stop_workers(pool: ProcessPoolExecutor, stopping: Any) -> None:
-    """Stop every trial in flight the way Ctrl-C stops one training: SIGINT to each worker, whose training
-    loop then checkpoints the step it is on and returns (a worker between trainings, e.g. evaluating,
-    ignores it); queued trials are cancelled. Workers still busy after ``GRACE_S`` seconds, or when a
+def _stop_workers(pool: ProcessPoolExecutor, stopping: Any, forward: bool) -> None:
+    """Stop every trial in flight the way Ctrl-C stops one training: each worker gets one SIGINT (``forward``:
+    sent here; else Ctrl-C's own), on which a training checkpoints the step it is on and returns and other
+    work, e.g. an evaluation, stops at once; queued trials are not started. Workers still busy after ``GRACE_S`` seconds, or when a
     second Ctrl-C arrives, are ended at once. The executor keeps its processes in a private mapping:
     there is no public way to signal them."""
     stopping.set()  # first: a worker between trials then starts no queued one
     processes = list(getattr(pool, "_processes", {}).values())
     pool.shutdown(wait=False, cancel_futures=True)
-    for process in processes:
+    # Ctrl-C in a terminal has already reached every worker (it goes to the whole process group); a signal
+    # sent to the main process alone (SIGTERM from a scheduler) is passed on as SIGINT. Never twice: a
+    # second SIGINT would stop a training while it writes its final checkpoint.
+    for process in processes if forward else ():
         with contextlib.suppress(ProcessLookupError):
             os.kill(process.pid, signal.SIGINT)
     deadline = time.monotonic() + GRACE_S
@@ -128,7 +133,7 @@ def map_trials(fn: Callable[..., Any], jobs: Sequence[dict], workers: int, desc:
             futures = [pool.submit(_run_unless_stopping, fn, **job) for job in jobs]
             for future in tqdm(futures, desc=desc):
                 future.result()
-        except KeyboardInterrupt:
-            _stop_workers(pool, stopping)
+        except KeyboardInterrupt as err:
+            _stop_workers(pool, stopping, forward=str(err) == "SIGTERM")
             raise
         return [f.result() for f in futures]
