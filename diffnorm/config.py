@@ -656,7 +656,8 @@ STUDY_SET_KEYS = ("env", "seed", "dataset", "data_dir")
 ARM_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 
 
-def _override_key(override: str) -> str:
+def override_key(override: str) -> str:
+    """The key an override sets: ``+train.steps=5`` -> ``train.steps``, ``norm=none`` -> ``norm``."""
     return override.split("=", 1)[0].lstrip("+~")
 
 
@@ -677,10 +678,10 @@ def _check_stitching_study(cfg: dict) -> None:
         if not ARM_NAME.fullmatch(str(name)) or name in cfg["norms"]:
             raise ConfigError(f"arms.{name}: an arm's name must be letters, digits, '_', '.' or '-' and differ from "
                               f"the norms {cfg['norms']}")
-        for key in map(_override_key, overrides):
+        for key in map(override_key, overrides):
             if key in STUDY_SET_KEYS:
                 raise ConfigError(f"arms.{name}: {key}= is set by the study for every training; leave it out")
-    for key in map(_override_key, cfg["train_overrides"]):
+    for key in map(override_key, cfg["train_overrides"]):
         if key in STUDY_SET_KEYS or key.split(".")[0] == "norm":
             raise ConfigError(f"train_overrides: {key}= is set by the study for every training (norm by norms= "
                               "and arms=, env by env=, seed by seeds=); leave it out")

@@ -19,7 +19,7 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from diffnorm.config import check_schedule, validate_config
+from diffnorm.config import check_schedule, override_key, validate_config
 from diffnorm.data.generate import ensure_dataset
 from diffnorm.data.ogbench_stitch import ensure_ogbench_stitch_dataset
 from diffnorm.data.scaling import TrajectoryScaler
@@ -124,7 +124,7 @@ def _command_line() -> list[str] | None:
     if not HydraConfig.initialized() or HydraConfig.get().job.config_name != "train_diffuser":
         return None
     return [o for o in HydraConfig.get().overrides.task
-            if o.split("=", 1)[0].lstrip("+~") not in ("experiment", "preset") and not o.startswith("hydra")]
+            if override_key(o) not in ("experiment", "preset") and not o.startswith("hydra")]
 
 
 def explicit_settings(cfg: DictConfig) -> dict[str, Any]:
@@ -132,7 +132,7 @@ def explicit_settings(cfg: DictConfig) -> dict[str, Any]:
     from the job's defaults for its maze (overrides, presets) and, from the command line, every key or
     group named there, even at its default value."""
     defaults = _flat(compose_job("train_diffuser", [f"env={env_option_of(cfg.env)}"]))
-    named = {o.split("=", 1)[0].lstrip("+~") for o in _command_line() or []}
+    named = {override_key(o) for o in _command_line() or []}
     return {k: v for k, v in _flat(cfg).items()
             if k not in defaults or defaults[k] != v or any(k == n or k.startswith(n + ".") for n in named)}
 
